@@ -1,0 +1,56 @@
+-- Raw telemetry, range-partitioned by measurement day (UTC). Primary key (node_id, ts):
+-- a reading is identified by its node and measurement time.
+CREATE TABLE telemetry (
+  node_id              text NOT NULL,
+  ts                   timestamptz NOT NULL,
+  received_at          timestamptz NOT NULL DEFAULT now(),
+  power_kw             double precision NOT NULL,
+  reactive_power_kvar  double precision,
+  voltage_v            double precision,
+  current_a            double precision,
+  frequency_hz         double precision,
+  state_of_charge_pct  double precision,
+  temperature_c        double precision,
+  irradiance_wm2       double precision,
+  wind_speed_ms        double precision,
+  grid_import_kw       double precision,
+  grid_export_kw       double precision,
+  health_status        text,
+  quality              text,
+  extra                jsonb,
+  -- soft anomalies found at ingestion (bit 1: |power| > 1.1 x capacity, bit 2: late arrival)
+  flags                smallint NOT NULL DEFAULT 0,
+  PRIMARY KEY (node_id, ts)
+) PARTITION BY RANGE (ts);
+
+-- Creates the daily partition holding `day` (UTC) if it does not exist. Safe under concurrency.
+CREATE FUNCTION ensure_telemetry_partition(day date) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  part text := 'telemetry_' || to_char(day, 'YYYYMMDD');
+BEGIN
+  IF to_regclass(part) IS NULL THEN
+    PERFORM pg_advisory_xact_lock(7460002, (day - date '2000-01-01'));
+    IF to_regclass(part) IS NULL THEN
+      EXECUTE format('CREATE TABLE %I PARTITION OF telemetry FOR VALUES FROM (%L) TO (%L)',
+                     part, (day::timestamp AT TIME ZONE 'UTC'), ((day + 1)::timestamp AT TIME ZONE 'UTC'));
+    END IF;
+  END IF;
+  RETURN part;
+END $$;
+
+-- The newest reading per node by measurement time, kept on write.
+CREATE TABLE telemetry_latest (
+  node_id      text PRIMARY KEY,
+  ts           timestamptz NOT NULL,
+  received_at  timestamptz NOT NULL,
+  reading      jsonb NOT NULL
+);
+
+-- 15-minute buckets (node, bucket start) whose raw readings changed after their rollup was computed.
+-- Ingestion marks them in the same transaction as the write; the rollup refresher clears them.
+CREATE TABLE telemetry_dirty_buckets (
+  node_id       text NOT NULL,
+  bucket_start  timestamptz NOT NULL,
+  marked_at     timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (node_id, bucket_start)
+);

@@ -1,0 +1,108 @@
+import { randomUUID } from 'node:crypto';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import helmet from '@fastify/helmet';
+import rateLimit from '@fastify/rate-limit';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { Container } from './container.js';
+import { AppError } from './http/errors.js';
+import { registerErrorHandling } from './http/error-handler.js';
+import { authHook, hashKey, presentedKey } from './http/auth.js';
+import { validatorCompiler } from './http/validation.js';
+import { ErrorResponse } from './http/schemas.js';
+import { healthRoutes } from './health/routes.js';
+
+export interface AppOptions {
+  /** Largest request body in bytes for routes that do not set their own (413 above). */
+  bodyLimit?: number;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Builds the application on a wired container. `server.ts` runs it; tests call `inject`. */
+export async function buildApp(container: Container, opts: AppOptions = {}): Promise<FastifyInstance> {
+  return buildTypedApp(container, opts) as unknown as Promise<FastifyInstance>;
+}
+
+async function buildTypedApp(container: Container, opts: AppOptions) {
+  const app = Fastify({
+    loggerInstance: container.logger as FastifyBaseLogger,
+    bodyLimit: opts.bodyLimit ?? 1024 * 1024,
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  app.setValidatorCompiler(validatorCompiler);
+  registerErrorHandling(app);
+  app.addSchema(ErrorResponse);
+
+  app.addHook('onRequest', async (req, reply) => {
+    void reply.header('x-request-id', req.id);
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    container.metrics.httpDuration.observe(
+      { method: req.method, route: req.routeOptions.url ?? 'unmatched', status_code: String(reply.statusCode) },
+      reply.elapsedTime / 1000,
+    );
+  });
+
+  await app.register(helmet, { contentSecurityPolicy: false, global: true });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'VPP Data Layer', version: process.env.npm_package_version ?? '0.1.0', description: 'Telemetry, node metadata, transaction log, analytics and real-time views of a Virtual Power Plant.' },
+      components: {
+        securitySchemes: {
+          bearer: { type: 'http', scheme: 'bearer' },
+          apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key' },
+        },
+      },
+    },
+    // Routes that need a scope are documented as needing a key.
+    transform: ({ schema, url, route }) => {
+      const scope = (route as { config?: { scope?: string } }).config?.scope;
+      const s = { ...(schema as Record<string, unknown>) };
+      if (scope) s.security = [{ bearer: [] }, { apiKey: [] }];
+      return { schema: s as never, url };
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { docExpansion: 'list' }, staticCSP: false });
+  app.get('/docs/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  if (container.config.rateLimitPerMinute > 0) {
+    await app.register(rateLimit, {
+      global: true,
+      max: container.config.rateLimitPerMinute,
+      timeWindow: 60_000,
+      hook: 'onRequest',
+      redis: container.redis,
+      nameSpace: `${container.keyPrefix}ratelimit:`,
+      // Redis down: serve rather than refuse everyone.
+      skipOnError: true,
+      keyGenerator: (req) => {
+        const key = presentedKey(req);
+        return key ? `k:${hashKey(key)}` : `ip:${req.ip}`;
+      },
+      allowList: (req) => {
+        const url = req.url;
+        return url.startsWith('/health') || url.startsWith('/metrics') || url.startsWith('/docs');
+      },
+      errorResponseBuilder: (_req, ctx) =>
+        new AppError(429, 'RATE_LIMITED', `rate limit of ${ctx.max} requests per minute exceeded; retry in ${ctx.after}`, [], Math.max(1, Math.ceil(ctx.ttl / 1000))),
+    });
+  }
+
+  app.addHook('onRequest', authHook(container.keyRing));
+
+  await app.register(healthRoutes, { container });
+  for (const d of container.domains) if (d.routes) await app.register(d.routes);
+
+  return app;
+}

@@ -1,0 +1,121 @@
+import type { FastifyPluginAsync } from 'fastify';
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Config } from './config.js';
+import { MemoryCache, MemoryPubSub } from './cache/memory.js';
+import { RedisCache, RedisPubSub, createRedisClient } from './cache/redis.js';
+import type { Cache, HealthCheck, PubSub } from './cache/types.js';
+import { createDb, type Db } from './db/pool.js';
+import { readMigrations } from './db/migrate.js';
+import { loadKeyRing, type KeyRing } from './http/auth.js';
+import { Metrics } from './metrics/metrics.js';
+
+/** Shared infrastructure every domain is built from. */
+export interface Infra {
+  config: Readonly<Config>;
+  logger: Logger;
+  db: Db;
+  cache: Cache;
+  pubsub: PubSub;
+  /** Present when REDIS_URL is set: the command connection, for domains that need Redis itself (queue, rate limits). */
+  redis?: Redis;
+  /** Prefix of every Redis key and channel this instance uses. */
+  keyPrefix: string;
+  metrics: Metrics;
+}
+
+/** A domain's contribution to the service. */
+export interface Domain {
+  /** Route plugin registered under the app root. */
+  routes?: FastifyPluginAsync;
+  /** Named checks shown in `/health` (`database` is built in). */
+  health?: Record<string, () => Promise<HealthCheck>>;
+  /** Starts background work (called once the app is ready). */
+  start?(): Promise<void>;
+  /** Stops background work and flushes what is buffered; called before pools close. */
+  stop?(): Promise<void>;
+}
+
+export interface Container extends Infra {
+  keyRing: KeyRing;
+  /** Migration names the code expects applied (readiness). */
+  expectedMigrations: string[];
+  domains: Domain[];
+  startedAt: number;
+  start(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface ContainerOptions {
+  /** Database URL to use instead of `config.databaseUrl` (the embedded database's). */
+  databaseUrl?: string;
+  keyPrefix?: string;
+  /** Receives the generated admin key on first start. */
+  announceKey?: (key: string) => void;
+  /** Default-process metrics (event loop, memory); off in tests that build many apps. */
+  defaultMetrics?: boolean;
+}
+
+/** Wires infrastructure and domains with plain constructors. The caller runs migrations first. */
+export async function createContainer(config: Readonly<Config>, logger: Logger, opts: ContainerOptions = {}): Promise<Container> {
+  const url = opts.databaseUrl ?? config.databaseUrl;
+  if (!url) throw new Error('no database URL: set DATABASE_URL or start the embedded database first');
+  const readUrl = opts.databaseUrl && !config.databaseUrl ? opts.databaseUrl : config.databaseReadUrl;
+  const db = createDb(url, readUrl, { onError: (err) => logger.warn({ err }, 'idle database connection lost') });
+  const keyPrefix = opts.keyPrefix ?? 'vpp:';
+  const metrics = new Metrics({ defaults: opts.defaultMetrics });
+
+  let redis: Redis | undefined;
+  let subscriber: Redis | undefined;
+  let cache: Cache;
+  let pubsub: PubSub;
+  if (config.redisUrl) {
+    let lastLogged = 0;
+    const onError = (err: Error) => {
+      // ioredis reports every failed reconnect; one line per 10 s is enough.
+      if (Date.now() - lastLogged > 10_000) {
+        lastLogged = Date.now();
+        logger.warn({ err: err.message }, 'redis connection error');
+      }
+    };
+    redis = createRedisClient({ url: config.redisUrl, onError });
+    subscriber = createRedisClient({ url: config.redisUrl, onError }, 'subscriber');
+    cache = new RedisCache(redis, keyPrefix);
+    pubsub = new RedisPubSub(redis, subscriber, keyPrefix);
+  } else {
+    cache = new MemoryCache();
+    pubsub = new MemoryPubSub();
+  }
+
+  const infra: Infra = { config, logger, db, cache, pubsub, redis, keyPrefix, metrics };
+  const keyRing = await loadKeyRing(db.pool, config.apiKeys, opts.announceKey ?? (() => undefined));
+  const expectedMigrations = (await readMigrations()).map((m) => m.name);
+
+  // Domains, in dependency order. Each is built from `infra` and the domains it uses.
+  const domains: Domain[] = [];
+  void infra;
+
+  let closed = false;
+  return {
+    ...infra,
+    keyRing,
+    expectedMigrations,
+    domains,
+    startedAt: Date.now(),
+    async start() {
+      for (const d of domains) await d.start?.();
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      for (const d of [...domains].reverse()) {
+        await d.stop?.().catch((err: unknown) => logger.error({ err }, 'domain stop failed'));
+      }
+      await pubsub.close();
+      await cache.close();
+      redis?.disconnect();
+      subscriber?.disconnect();
+      await db.close();
+    },
+  };
+}

@@ -1,0 +1,129 @@
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { backends, createTestApp, KEYS, type TestApp } from './support/app.js';
+import { loadConfig, ConfigError } from '../src/config.js';
+
+describe('configuration', () => {
+  test('defaults match the contract', () => {
+    const c = loadConfig({});
+    assert.equal(c.port, 3000);
+    assert.equal(c.host, '127.0.0.1');
+    assert.equal(c.retentionTelemetryDays, 30);
+    assert.equal(c.retentionRollupDays, 730);
+    assert.equal(c.unknownNodes, 'reject');
+    assert.equal(c.rateLimitPerMinute, 60000);
+    assert.equal(c.ingestQueueMax, 1_000_000);
+    assert.ok(Object.isFrozen(c));
+  });
+
+  for (const [name, value] of [
+    ['PORT', 'abc'],
+    ['PORT', '70000'],
+    ['DATABASE_URL', 'mysql://x'],
+    ['UNKNOWN_NODES', 'sometimes'],
+    ['RATE_LIMIT_PER_MINUTE', '-1'],
+    ['API_KEYS', 'shortkey1=admin+flying'],
+    ['LOG_LEVEL', 'loud'],
+  ] as const) {
+    test(`a bad ${name} stops start-up naming the variable`, () => {
+      assert.throws(
+        () => loadConfig({ [name]: value }),
+        (err: unknown) => err instanceof ConfigError && err.variable === name && err.message.includes(name),
+      );
+    });
+  }
+});
+
+for (const backend of backends()) {
+  describe(`http foundation (${backend})`, () => {
+    let t: TestApp;
+    before(async () => {
+      t = await createTestApp({ backend });
+    });
+    after(async () => t?.close());
+
+    test('health endpoints', async () => {
+      const live = await t.request({ method: 'GET', url: '/health/live', key: null });
+      assert.equal(live.statusCode, 200);
+      const ready = await t.request({ method: 'GET', url: '/health/ready', key: null });
+      assert.equal(ready.statusCode, 200, ready.body);
+      const health = await t.request({ method: 'GET', url: '/health', key: null });
+      assert.equal(health.statusCode, 200);
+      const body = health.json();
+      assert.equal(body.status, 'ok');
+      assert.equal(body.checks.database.ok, true);
+      assert.equal(body.checks.cache.kind, backend);
+      assert.equal(typeof body.uptimeSeconds, 'number');
+    });
+
+    test('unknown route gets the error envelope', async () => {
+      const r = await t.request({ method: 'GET', url: '/api/nope' });
+      assert.equal(r.statusCode, 404);
+      assert.equal(r.json().error.code, 'ROUTE_NOT_FOUND');
+      assert.ok(Array.isArray(r.json().error.details));
+    });
+
+    test('request ids and security headers', async () => {
+      const r = await t.request({ method: 'GET', url: '/health/live', headers: { 'x-request-id': 'abc-123' } });
+      assert.equal(r.headers['x-request-id'], 'abc-123');
+      assert.equal(r.headers['x-content-type-options'], 'nosniff');
+    });
+
+    test('OpenAPI document is served', async () => {
+      const r = await t.request({ method: 'GET', url: '/docs/openapi.json', key: null });
+      assert.equal(r.statusCode, 200);
+      assert.match(r.json().openapi, /^3\./);
+      const page = await t.request({ method: 'GET', url: '/docs', key: null });
+      assert.ok([200, 302].includes(page.statusCode));
+    });
+
+    test('metrics are Prometheus text', async () => {
+      await t.request({ method: 'GET', url: '/health/live', key: null });
+      const r = await t.request({ method: 'GET', url: '/metrics', key: null });
+      assert.equal(r.statusCode, 200);
+      assert.match(r.body, /http_request_duration_seconds_bucket/);
+    });
+
+    test('cache round trip and prefix invalidation', async () => {
+      const c = t.container.cache;
+      await c.set('a:1', 'one', 5);
+      await c.set('a:2', 'two', 5);
+      await c.set('b:1', 'three', 5);
+      assert.equal(await c.get('a:1'), 'one');
+      await c.delPrefix('a:');
+      assert.equal(await c.get('a:1'), null);
+      assert.equal(await c.get('a:2'), null);
+      assert.equal(await c.get('b:1'), 'three');
+      await c.del(['b:1']);
+      assert.equal(await c.get('b:1'), null);
+      await c.set('short', 'x', 0.05);
+      await new Promise((r) => setTimeout(r, 120));
+      assert.equal(await c.get('short'), null, 'entry expires after its TTL');
+    });
+
+    test('pub/sub delivers to subscribers', async () => {
+      const got: string[] = [];
+      const unsubscribe = await t.container.pubsub.subscribe('test-channel', (m) => got.push(m));
+      await t.container.pubsub.publish('test-channel', 'hello');
+      const deadline = Date.now() + 2000;
+      while (got.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      assert.deepEqual(got, ['hello']);
+      await unsubscribe();
+    });
+  });
+}
+
+describe('auth', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+    // A route that needs a scope, to exercise the hook without depending on a domain.
+  });
+  after(async () => t?.close());
+
+  test('keys are checked only where a route asks for a scope', async () => {
+    const r = await t.request({ method: 'GET', url: '/health', key: 'not-a-key' });
+    assert.equal(r.statusCode, 200);
+    assert.ok(KEYS.admin);
+  });
+});
