@@ -21,7 +21,7 @@ function check(name: string, ok: boolean, detail = ''): void {
 }
 
 async function startService(dataDir: string): Promise<{ child: ChildProcess; output: () => string; readyMs: number }> {
-  const env = { ...process.env, PORT: String(PORT), DATA_DIR: dataDir, LOG_DIR: path.join(dataDir, 'logs') };
+  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(PORT), DATA_DIR: dataDir, LOG_DIR: path.join(dataDir, 'logs') };
   delete env.DATABASE_URL;
   delete env.DATABASE_READ_URL;
   delete env.REDIS_URL;
@@ -65,7 +65,7 @@ async function main(): Promise<void> {
     const created = await fetch(`${BASE}/api/metadata`, { method: 'POST', headers: auth, body: JSON.stringify(node) });
     check('POST /api/metadata creates a node', created.status === 201, `status ${created.status}`);
     const read = await fetch(`${BASE}/api/metadata/smoke-01`, { headers: auth });
-    check('GET /api/metadata/:nodeId reads it back', read.status === 200 && (await read.json()).name === 'Smoke node');
+    check('GET /api/metadata/:nodeId reads it back', read.status === 200 && ((await read.json()) as { name?: string }).name === 'Smoke node');
     const code = await stopService(first.child);
     check('SIGTERM stops the service with exit code 0', code === 0, `exit ${code}`);
 

@@ -9,6 +9,8 @@ import { createDb, type Db } from './db/pool.js';
 import { readMigrations } from './db/migrate.js';
 import { loadKeyRing, type KeyRing } from './http/auth.js';
 import { Metrics } from './metrics/metrics.js';
+import { JobRunner } from './jobs/runner.js';
+import { NodeRegistry } from './metadata/registry.js';
 
 /** Shared infrastructure every domain is built from. */
 export interface Infra {
@@ -22,6 +24,10 @@ export interface Infra {
   /** Prefix of every Redis key and channel this instance uses. */
   keyPrefix: string;
   metrics: Metrics;
+  /** Maintenance jobs (advisory-lock leadership across instances). Domains register theirs. */
+  jobs: JobRunner;
+  /** Every node's hot-path facts in memory, kept current across instances. */
+  nodes: NodeRegistry;
 }
 
 /** A domain's contribution to the service. */
@@ -87,13 +93,14 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
     pubsub = new MemoryPubSub();
   }
 
-  const infra: Infra = { config, logger, db, cache, pubsub, redis, keyPrefix, metrics };
+  const jobs = new JobRunner(db, logger, metrics);
+  const nodes = new NodeRegistry(db, pubsub, logger);
+  const infra: Infra = { config, logger, db, cache, pubsub, redis, keyPrefix, metrics, jobs, nodes };
   const keyRing = await loadKeyRing(db.pool, config.apiKeys, opts.announceKey ?? (() => undefined));
   const expectedMigrations = (await readMigrations()).map((m) => m.name);
 
   // Domains, in dependency order. Each is built from `infra` and the domains it uses.
   const domains: Domain[] = [];
-  void infra;
 
   let closed = false;
   return {
@@ -103,14 +110,18 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
     domains,
     startedAt: Date.now(),
     async start() {
+      await nodes.start();
       for (const d of domains) await d.start?.();
+      jobs.start();
     },
     async close() {
       if (closed) return;
       closed = true;
+      await jobs.stop();
       for (const d of [...domains].reverse()) {
         await d.stop?.().catch((err: unknown) => logger.error({ err }, 'domain stop failed'));
       }
+      await nodes.stop();
       await pubsub.close();
       await cache.close();
       redis?.disconnect();

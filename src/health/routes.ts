@@ -72,6 +72,8 @@ export const healthRoutes: FastifyPluginAsyncTypebox<{ container: Container }> =
       const [database, cache] = await Promise.all([databaseCheck(container), container.cache.ping().then((c) => ({ ...c, kind: container.cache.kind }))]);
       checks.database = database;
       checks.cache = cache;
+      const jobs = await timed(() => container.jobs.health(), DB_CHECK_TIMEOUT_MS);
+      checks.jobs = jobs.value ?? { ok: false, error: jobs.error };
       for (const d of container.domains) {
         for (const [name, check] of Object.entries(d.health ?? {})) {
           const r = await timed(check, DB_CHECK_TIMEOUT_MS);
