@@ -18,7 +18,8 @@ CREATE TABLE telemetry (
   health_status        text,
   quality              text,
   extra                jsonb,
-  -- soft anomalies found at ingestion (bit 1: |power| > 1.1 x capacity, bit 2: late arrival)
+  -- soft anomalies found at ingestion: bit 1 = out of range (|powerKw| > 1.1 x capacityKw),
+  -- bit 2 = late arrival (received more than 3 x telemetryIntervalSeconds after measurement)
   flags                smallint NOT NULL DEFAULT 0,
   PRIMARY KEY (node_id, ts)
 ) PARTITION BY RANGE (ts);
@@ -53,4 +54,15 @@ CREATE TABLE telemetry_dirty_buckets (
   bucket_start  timestamptz NOT NULL,
   marked_at     timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (node_id, bucket_start)
+);
+
+-- Per node and UTC day of measurement: ingestion events that leave no row of their own.
+-- duplicates: identical re-sends; corrected: re-sends with changed values that replaced a reading.
+-- (Out-of-range and late readings are flagged on the row itself: telemetry.flags.)
+CREATE TABLE telemetry_quality_daily (
+  node_id     text NOT NULL,
+  day         date NOT NULL,
+  duplicates  bigint NOT NULL DEFAULT 0,
+  corrected   bigint NOT NULL DEFAULT 0,
+  PRIMARY KEY (node_id, day)
 );
