@@ -1,7 +1,10 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { backends, createTestApp, KEYS, type TestApp } from './support/app.js';
-import { loadConfig, ConfigError } from '../src/config.js';
+import { readFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { loadConfig, readEnvironment, ConfigError, EnvSchema } from '../src/config.js';
 
 describe('configuration', () => {
   test('defaults match the contract', () => {
@@ -14,6 +17,19 @@ describe('configuration', () => {
     assert.equal(c.rateLimitPerMinute, 60000);
     assert.equal(c.ingestQueueMax, 1_000_000);
     assert.ok(Object.isFrozen(c));
+  });
+
+  test('.env.example documents every variable', () => {
+    const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8');
+    for (const name of Object.keys(EnvSchema.properties)) assert.match(example, new RegExp(`^#? ?${name}=`, 'm'), name);
+  });
+
+  test('.env is read, and the process environment wins over it', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'vpp-env-'));
+    writeFileSync(path.join(dir, '.env'), 'PORT=4100\nLOG_LEVEL=debug\n');
+    const c = loadConfig(readEnvironment(dir, { LOG_LEVEL: 'warn' }));
+    assert.equal(c.port, 4100);
+    assert.equal(c.logLevel, 'warn');
   });
 
   for (const [name, value] of [
