@@ -11,6 +11,7 @@ import { loadKeyRing, type KeyRing } from './http/auth.js';
 import { Metrics } from './metrics/metrics.js';
 import { JobRunner } from './jobs/runner.js';
 import { NodeRegistry } from './metadata/registry.js';
+import { createOperationsDomain } from './operations/index.js';
 
 /** Shared infrastructure every domain is built from. */
 export interface Infra {
@@ -101,6 +102,7 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
 
   // Domains, in dependency order. Each is built from `infra` and the domains it uses.
   const domains: Domain[] = [];
+  domains.push(createOperationsDomain(infra));
 
   let closed = false;
   return {

@@ -1,5 +1,13 @@
 import { Registry, Histogram, Counter, Gauge, collectDefaultMetrics } from 'prom-client';
 
+/** The parts of a `pg.Pool` the pool gauges read. */
+export interface PoolLike {
+  totalCount: number;
+  idleCount: number;
+  waitingCount: number;
+  options: { max?: number };
+}
+
 /**
  * The service's Prometheus registry and the metrics shared by every domain. Domains add
  * their own metrics to `registry`. One registry per app instance, so tests can build many.
@@ -9,6 +17,8 @@ export class Metrics {
   readonly httpDuration: Histogram<'method' | 'route' | 'status_code'>;
   readonly storeDuration: Histogram<'store' | 'action'>;
   readonly cacheRequests: Counter<'cache' | 'result'>;
+  private pools: Record<string, PoolLike> = {};
+  private poolGauges?: Gauge[];
 
   constructor(opts: { defaults?: boolean } = {}) {
     if (opts.defaults !== false) collectDefaultMetrics({ register: this.registry });
@@ -42,6 +52,50 @@ export class Metrics {
     } finally {
       end();
     }
+  }
+
+  /**
+   * Exposes connection-pool use: `db_pool_connections{pool, state}` (state total | idle | active)
+   * and `db_pool_waiting_requests{pool}` (callers queued for a connection), read at scrape time.
+   * Call once per app; later calls replace the pools watched.
+   */
+  trackPools(pools: Record<string, PoolLike>): void {
+    this.pools = pools;
+    if (this.poolGauges) return;
+    const current = (): Record<string, PoolLike> => this.pools;
+    this.poolGauges = [
+      new Gauge({
+        name: 'db_pool_connections',
+        help: 'Database connections held by each pool, by state (total, idle, active)',
+        labelNames: ['pool', 'state'],
+        registers: [this.registry],
+        collect() {
+          for (const [name, p] of Object.entries(current())) {
+            this.set({ pool: name, state: 'total' }, p.totalCount);
+            this.set({ pool: name, state: 'idle' }, p.idleCount);
+            this.set({ pool: name, state: 'active' }, p.totalCount - p.idleCount);
+          }
+        },
+      }),
+      new Gauge({
+        name: 'db_pool_waiting_requests',
+        help: 'Callers waiting for a database connection, by pool',
+        labelNames: ['pool'],
+        registers: [this.registry],
+        collect() {
+          for (const [name, p] of Object.entries(current())) this.set({ pool: name }, p.waitingCount);
+        },
+      }),
+      new Gauge({
+        name: 'db_pool_max_connections',
+        help: 'Configured size of each database pool',
+        labelNames: ['pool'],
+        registers: [this.registry],
+        collect() {
+          for (const [name, p] of Object.entries(current())) this.set({ pool: name }, p.options.max ?? 10);
+        },
+      }),
+    ];
   }
 
   gauge(name: string, help: string, collect: () => number | Promise<number>): Gauge {
