@@ -9,14 +9,16 @@ CREATE TABLE nodes (
   lat                         double precision CHECK (lat BETWEEN -90 AND 90),
   lon                         double precision CHECK (lon BETWEEN -180 AND 180),
   timezone                    text NOT NULL DEFAULT 'UTC',
-  telemetry_interval_seconds  integer NOT NULL DEFAULT 60 CHECK (telemetry_interval_seconds > 0),
+  telemetry_interval_seconds  integer NOT NULL DEFAULT 60 CHECK (telemetry_interval_seconds BETWEEN 1 AND 86400),
   doc                         jsonb NOT NULL,
-  version                     integer NOT NULL DEFAULT 1,
+  version                     integer NOT NULL DEFAULT 1 CHECK (version >= 1),
   created_at                  timestamptz NOT NULL DEFAULT now(),
   updated_at                  timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX nodes_status_id ON nodes (status, node_id);
-CREATE INDEX nodes_type_status_id ON nodes (type, status, node_id);
+-- Lists page by node_id in bytewise order (COLLATE "C"), whatever the database's default collation.
+CREATE INDEX nodes_status_id ON nodes (status, node_id COLLATE "C");
+CREATE INDEX nodes_type_status_id ON nodes (type, status, node_id COLLATE "C");
+CREATE INDEX nodes_type_id ON nodes (type, node_id COLLATE "C");
 -- Bounding-box prefilter for the great-circle `nearby` query.
 CREATE INDEX nodes_lat_lon ON nodes (lat, lon) WHERE lat IS NOT NULL;
 

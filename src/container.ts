@@ -11,6 +11,7 @@ import { loadKeyRing, type KeyRing } from './http/auth.js';
 import { Metrics } from './metrics/metrics.js';
 import { JobRunner } from './jobs/runner.js';
 import { NodeRegistry } from './metadata/registry.js';
+import { createMetadataDomain } from './metadata/index.js';
 import { createOperationsDomain } from './operations/index.js';
 
 /** Shared infrastructure every domain is built from. */
@@ -102,6 +103,8 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
 
   // Domains, in dependency order. Each is built from `infra` and the domains it uses.
   const domains: Domain[] = [];
+  const metadata = createMetadataDomain(infra);
+  domains.push(metadata);
   domains.push(createOperationsDomain(infra));
 
   let closed = false;
