@@ -13,6 +13,7 @@ import { JobRunner } from './jobs/runner.js';
 import { NodeRegistry } from './metadata/registry.js';
 import { createMetadataDomain } from './metadata/index.js';
 import { createOperationsDomain } from './operations/index.js';
+import { createRealtimeDomain } from './realtime/index.js';
 
 /** Shared infrastructure every domain is built from. */
 export interface Infra {
@@ -106,6 +107,7 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
   const metadata = createMetadataDomain(infra);
   domains.push(metadata);
   domains.push(createOperationsDomain(infra));
+  domains.push(createRealtimeDomain(infra, { keyRing }));
 
   let closed = false;
   return {

@@ -1,0 +1,74 @@
+import { createHash } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import type { EventLog, LoggedEvent } from './event-log.js';
+
+// Every instance appends every message it receives; the first append wins and the others get
+// its id back, so ids are shared. Instances read the channel in the same order and each
+// connection's scripts run in order, so ids also follow the channel's order.
+const APPEND_LUA = `
+local existing = redis.call('GET', KEYS[2])
+if existing then return existing end
+local id = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[2], '*', 'd', ARGV[1])
+redis.call('SET', KEYS[2], id, 'PX', ARGV[3])
+return id`;
+const APPEND_SHA = createHash('sha1').update(APPEND_LUA).digest('hex');
+
+export interface RedisEventLogOptions {
+  /** How long entries are kept, ms (default 5 minutes). */
+  windowMs?: number;
+  /** Hard cap on entries whatever the rate (default 2,000,000), applied every 1,000 appends. */
+  maxEntries?: number;
+  /**
+   * How long an instance may lag behind another in reading the channel and still get the
+   * shared id, ms (default 15 s). Longer lag logs the message a second time.
+   */
+  dedupeMs?: number;
+}
+
+/** The replay log in a Redis Stream shared by every instance on one key prefix, trimmed by MINID to the window. */
+export class RedisEventLog implements EventLog {
+  readonly kind = 'redis' as const;
+  readonly windowMs: number;
+  private readonly maxEntries: number;
+  private readonly dedupeMs: number;
+  private readonly streamKey: string;
+  private readonly seenPrefix: string;
+  private appends = 0;
+
+  constructor(
+    private readonly redis: Redis,
+    keyPrefix: string,
+    opts: RedisEventLogOptions = {},
+  ) {
+    this.windowMs = opts.windowMs ?? 5 * 60_000;
+    this.maxEntries = opts.maxEntries ?? 2_000_000;
+    this.dedupeMs = opts.dedupeMs ?? 15_000;
+    this.streamKey = `${keyPrefix}realtime:events`;
+    this.seenPrefix = `${keyPrefix}realtime:seen:`;
+  }
+
+  async append(message: string): Promise<string> {
+    const seenKey = this.seenPrefix + createHash('sha1').update(message).digest('base64url');
+    const args = [2, this.streamKey, seenKey, message, String(Date.now() - this.windowMs), String(this.dedupeMs)] as const;
+    let id: unknown;
+    try {
+      id = await this.redis.evalsha(APPEND_SHA, ...args);
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.includes('NOSCRIPT')) throw err;
+      id = await this.redis.eval(APPEND_LUA, ...args);
+    }
+    if (++this.appends % 1000 === 0) {
+      this.redis.xtrim(this.streamKey, 'MAXLEN', '~', this.maxEntries).catch(() => undefined);
+    }
+    return String(id);
+  }
+
+  async readAfter(afterId: string, limit: number): Promise<LoggedEvent[]> {
+    const rows = (await this.redis.xrange(this.streamKey, `(${afterId}`, '+', 'COUNT', limit)) as [string, string[]][];
+    return rows.map(([id, fields]) => ({ id, data: fields[1] ?? '' }));
+  }
+
+  async close(): Promise<void> {
+    /* the client belongs to the container */
+  }
+}
