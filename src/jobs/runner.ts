@@ -91,6 +91,11 @@ export class JobRunner {
     return this.execute(def);
   }
 
+  /** Names of the registered jobs. */
+  names(): string[] {
+    return [...this.jobs.keys()];
+  }
+
   /** This instance's view of each job's last run. */
   statuses(): JobStatus[] {
     return [...this.local.values()];

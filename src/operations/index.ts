@@ -2,6 +2,7 @@ import path from 'node:path';
 import { Counter, Histogram } from 'prom-client';
 import type { Domain, Infra } from '../container.js';
 import { ensurePartitionsAhead } from './partitions.js';
+import { operationsRoutes } from './routes.js';
 import { runRollupRetention, runTelemetryRetention } from './retention.js';
 
 export { archiveTable, restoreArchive, verifyArchive, readManifest, type ArchiveManifest, type RestoreResult } from './archive.js';
@@ -102,5 +103,5 @@ export function createOperationsDomain(infra: Infra, opts: OperationsOptions = {
     },
   });
 
-  return {};
+  return { routes: operationsRoutes(jobs) };
 }
