@@ -1,0 +1,123 @@
+/**
+ * Exact aggregation of one node's telemetry over arbitrary half-open periods, from the coarsest
+ * rollup tiers that answer each part exactly, with raw readings for what no tier covers (edges
+ * off the 15-minute grid, buckets marked dirty since their last refresh, 1- and 5-minute buckets).
+ */
+import type { Queryable } from '../db/pool.js';
+import { accumulate, emptyAgg, emptyExtras, mergeAgg, mergeExtras, mergeRanges, type PeriodPartial } from './rollup-compute.js';
+import { POWER, type NumericField } from './rollup-fields.js';
+import { addTierAggregates, loadDirtyState, loadReadings, TIER_MS, type Tier, type TierPiece } from './rollup-store.js';
+
+/** Coarsest first. */
+const LEVELS: readonly Tier[] = ['1d', '1h', '15m'];
+const QUARTER = TIER_MS['15m'];
+
+export interface AggregateResult {
+  /** Coarsest tier that contributed (`raw` when every part came from raw readings). */
+  tier: Tier | 'raw';
+  /** Every source that contributed, coarsest first. */
+  sources: (Tier | 'raw')[];
+  /** Per period, in input order; field partials in the order of `fields`. */
+  partials: PeriodPartial[];
+}
+
+export interface RawPiece {
+  lo: number;
+  hi: number;
+  idx: number;
+}
+
+function lowerBound(xs: readonly number[], v: number): number {
+  let lo = 0;
+  let hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (xs[mid] < v) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/**
+ * Splits periods into tier pieces and raw pieces: each period is covered by the coarsest
+ * aligned tier ranges free of dirty buckets, recursively finer at its edges and around dirty
+ * buckets, and raw readings for what is left. `dirty` are sorted 15-minute bucket starts.
+ */
+export function planPieces(periods: readonly { start: number; end: number }[], dirty: readonly number[], useRollups: boolean): { pieces: TierPiece[]; raw: RawPiece[] } {
+  const pieces: TierPiece[] = [];
+  const raw: RawPiece[] = [];
+  const decompose = (a: number, b: number, level: number, idx: number): void => {
+    if (a >= b) return;
+    if (!useRollups || level >= LEVELS.length) {
+      raw.push({ lo: a, hi: b, idx });
+      return;
+    }
+    const tier = LEVELS[level];
+    const g = TIER_MS[tier];
+    const A = Math.ceil(a / g) * g;
+    const B = Math.floor(b / g) * g;
+    if (A >= B) {
+      decompose(a, b, level + 1, idx);
+      return;
+    }
+    decompose(a, A, level + 1, idx);
+    let run = A;
+    for (let k = lowerBound(dirty, A); k < dirty.length && dirty[k] < B; k = lowerBound(dirty, run)) {
+      const unit = Math.floor(dirty[k] / g) * g;
+      if (run < unit) pieces.push({ tier, lo: run, hi: unit, idx });
+      decompose(unit, unit + g, level + 1, idx);
+      run = unit + g;
+    }
+    if (run < B) pieces.push({ tier, lo: run, hi: B, idx });
+    decompose(B, b, level + 1, idx);
+  };
+  periods.forEach((p, idx) => decompose(p.start, p.end, 0, idx));
+  return { pieces, raw };
+}
+
+/** `fields` with powerKw first (added when absent): reading counts, energy and availability come from it. */
+export function withPowerFirst(fields: readonly NumericField[]): NumericField[] {
+  return [POWER, ...fields.filter((f) => f !== POWER)];
+}
+
+/**
+ * Aggregates `fields` (powerKw must be first: see `withPowerFirst`) of one node over `periods`
+ * (sorted, non-overlapping, half-open epoch ms) under the hold cap `capMs`. The answer equals
+ * `accumulate` over the raw readings, whichever tiers serve it. Reads dirty marks before
+ * rollups, so a write acknowledged before the call is always reflected.
+ */
+export async function aggregatePeriods(q: Queryable, nodeId: string, capMs: number, periods: readonly { start: number; end: number }[], fields: readonly NumericField[]): Promise<AggregateResult> {
+  if (fields[0] !== POWER) throw new Error('aggregatePeriods: powerKw must be the first field');
+  const partials: PeriodPartial[] = periods.map(() => ({ fields: fields.map(emptyAgg), extras: emptyExtras() }));
+  if (periods.length === 0) return { tier: 'raw', sources: [], partials };
+  const lo = Math.floor(periods[0].start / QUARTER) * QUARTER;
+  const hi = periods[periods.length - 1].end;
+  const state = await loadDirtyState(q, nodeId, lo, hi);
+  const useRollups = state.capSeconds === null || state.capSeconds * 1000 === capMs;
+  const { pieces, raw } = planPieces(periods, state.dirty, useRollups);
+
+  const fieldIndex = new Map(fields.map((f, i) => [f.code, i]));
+  await addTierAggregates(q, nodeId, fields.map((f) => f.code), pieces, partials, fieldIndex);
+
+  if (raw.length > 0) {
+    raw.sort((a, b) => a.lo - b.lo);
+    const ranges = mergeRanges(raw.map((r) => ({ lo: r.lo - capMs, hi: r.hi })), 0);
+    const readings = await loadReadings(q, nodeId, fields, ranges);
+    const rawPartials = accumulate(readings, raw.map((r) => ({ start: r.lo, end: r.hi })), capMs, 0);
+    raw.forEach((r, i) => {
+      const target = partials[r.idx];
+      rawPartials[i].fields.forEach((a, f) => mergeAgg(target.fields[f], a));
+      mergeExtras(target.extras, rawPartials[i].extras);
+    });
+  }
+
+  const used = new Set<Tier | 'raw'>(pieces.map((p) => p.tier));
+  if (raw.length > 0) used.add('raw');
+  const sources = ([...LEVELS, 'raw'] as const).filter((t) => used.has(t));
+  return { tier: sources[0] ?? 'raw', sources, partials };
+}
+
+/** Rounds to 12 significant digits: tiers sum in a different order than raw, which differs only in the last bits. */
+export function roundSig(v: number): number {
+  return Number.isFinite(v) ? Number(v.toPrecision(12)) : v;
+}

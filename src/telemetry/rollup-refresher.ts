@@ -1,0 +1,110 @@
+/**
+ * The rollup refresher: recomputes dirty 15-minute buckets from raw readings, rebuilds the
+ * 1 h and 1 d buckets above them, and clears the marks it has answered, all in one transaction
+ * per node and batch. A mark set again while the refresher worked keeps its row (marked_at is
+ * compared on delete), so the next run picks it up.
+ */
+import type { Logger } from 'pino';
+import { withTransaction, type Db } from '../db/pool.js';
+import type { NodeRegistry } from '../metadata/registry.js';
+import { accumulate, mergeRanges } from './rollup-compute.js';
+import { NUMERIC_FIELDS } from './rollup-fields.js';
+import { loadDirtyMarks, loadReadings, loadRollupCaps, markNodeForCapChange, TIER_MS, writeRefreshedBuckets, type BucketRow, type DirtyMark } from './rollup-store.js';
+
+/** Interval assumed for a node without metadata (UNKNOWN_NODES=accept): the `nodes` table default. */
+export const DEFAULT_INTERVAL_SECONDS = 60;
+
+/** Hold cap of a node in seconds: 3 × its telemetry interval. */
+export function capSecondsOf(nodes: NodeRegistry, nodeId: string): number {
+  return 3 * (nodes.get(nodeId)?.telemetryIntervalSeconds ?? DEFAULT_INTERVAL_SECONDS);
+}
+
+export interface RefreshResult {
+  /** 15-minute buckets recomputed. */
+  buckets: number;
+  /** Nodes touched. */
+  nodes: number;
+  /** Nodes whose interval changed, all of whose buckets were marked for recomputation. */
+  capChanges: number;
+  /** True when marks were left for the next run (batch limit reached). */
+  more: boolean;
+}
+
+export interface RefresherOptions {
+  /** Marks read per batch. */
+  batchSize?: number;
+  /** Batches per run at most, so one run cannot hold the job forever. */
+  maxBatches?: number;
+}
+
+export class RollupRefresher {
+  private readonly batchSize: number;
+  private readonly maxBatches: number;
+
+  constructor(
+    private readonly db: Db,
+    private readonly nodes: NodeRegistry,
+    private readonly logger: Logger,
+    opts: RefresherOptions = {},
+  ) {
+    this.batchSize = opts.batchSize ?? 20_000;
+    this.maxBatches = opts.maxBatches ?? 20;
+  }
+
+  /** One refresh run: cap changes first, then dirty buckets in batches. */
+  async refreshOnce(signal?: AbortSignal): Promise<RefreshResult> {
+    const result: RefreshResult = { buckets: 0, nodes: 0, capChanges: 0, more: false };
+    const caps = await loadRollupCaps(this.db.pool);
+    for (const [nodeId, cap] of caps) {
+      const now = capSecondsOf(this.nodes, nodeId);
+      if (now !== cap) {
+        await withTransaction(this.db.pool, (c) => markNodeForCapChange(c, nodeId, cap, now));
+        result.capChanges++;
+        this.logger.info({ nodeId, oldCapSeconds: cap, capSeconds: now }, 'telemetry interval changed: rollups of the node marked for recomputation');
+      }
+    }
+    const touched = new Set<string>();
+    for (let batch = 0; batch < this.maxBatches; batch++) {
+      if (signal?.aborted) break;
+      const marks = await loadDirtyMarks(this.db.pool, this.batchSize);
+      if (marks.length === 0) break;
+      const byNode = new Map<string, DirtyMark[]>();
+      for (const m of marks) {
+        let list = byNode.get(m.nodeId);
+        if (!list) byNode.set(m.nodeId, (list = []));
+        list.push(m);
+      }
+      for (const [nodeId, list] of byNode) {
+        if (signal?.aborted) break;
+        await this.refreshNode(nodeId, list);
+        touched.add(nodeId);
+        result.buckets += list.length;
+      }
+      result.more = marks.length === this.batchSize;
+      if (!result.more) break;
+    }
+    result.nodes = touched.size;
+    return result;
+  }
+
+  private async refreshNode(nodeId: string, marks: DirtyMark[]): Promise<void> {
+    const capSeconds = capSecondsOf(this.nodes, nodeId);
+    const capMs = capSeconds * 1000;
+    const periods = marks.map((m) => ({ start: m.bucketStart, end: m.bucketStart + TIER_MS['15m'] }));
+    const ranges = mergeRanges(periods.map((p) => ({ lo: p.start - capMs, hi: p.end })), 0);
+    const readings = await loadReadings(this.db.pool, nodeId, NUMERIC_FIELDS, ranges);
+    const partials = accumulate(readings, periods, capMs, 0);
+    const rows: BucketRow[] = [];
+    partials.forEach((part, i) => {
+      part.fields.forEach((agg, f) => {
+        if (agg.n > 0 || agg.held > 0) rows.push({ field: NUMERIC_FIELDS[f].code, bucketStart: periods[i].start, agg, extras: f === 0 ? part.extras : null });
+      });
+    });
+    await withTransaction(this.db.pool, async (c) => {
+      const { rows: st } = await c.query<{ cap_seconds: number }>('SELECT cap_seconds FROM telemetry_rollup_state WHERE node_id = $1 FOR UPDATE', [nodeId]);
+      // The interval changed since the run began: every bucket of the node must be redone.
+      if (st[0] && st[0].cap_seconds !== capSeconds) await markNodeForCapChange(c, nodeId, st[0].cap_seconds, capSeconds);
+      await writeRefreshedBuckets(c, nodeId, marks, rows, capSeconds);
+    });
+  }
+}
