@@ -14,6 +14,7 @@ import { NodeRegistry } from './metadata/registry.js';
 import { createMetadataDomain } from './metadata/index.js';
 import { createOperationsDomain } from './operations/index.js';
 import { createRealtimeDomain } from './realtime/index.js';
+import { createTransactionsDomain } from './transactions/index.js';
 
 /** Shared infrastructure every domain is built from. */
 export interface Infra {
@@ -108,6 +109,7 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
   domains.push(metadata);
   domains.push(createOperationsDomain(infra));
   domains.push(createRealtimeDomain(infra, { keyRing }));
+  domains.push(createTransactionsDomain(infra));
 
   let closed = false;
   return {
