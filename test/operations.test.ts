@@ -285,7 +285,7 @@ describe('operations: partitions, retention, archive, restore', () => {
     const text = (await t.request({ method: 'GET', url: '/metrics', key: null })).body;
     assert.match(text, /^db_pool_connections\{pool="primary",state="total"\} \d+$/m);
     assert.match(text, /^db_pool_connections\{pool="primary",state="idle"\} \d+$/m);
-    assert.match(text, /^db_pool_waiting_requests\{pool="primary"\} 0$/m);
+    assert.match(text, /^db_pool_waiting_requests\{pool="primary"\} \d+$/m);
     assert.match(text, /^db_pool_max_connections\{pool="primary"\} 20$/m);
     assert.match(text, /^retention_runs_total\{target="telemetry",outcome="ok"\} 3$/m);
     assert.match(text, /^retention_runs_total\{target="telemetry",outcome="error"\} 1$/m);
@@ -295,5 +295,48 @@ describe('operations: partitions, retention, archive, restore', () => {
     assert.match(text, /^job_runs_total\{job="telemetry-retention",outcome="ok"\} 3$/m);
     assert.match(text, /^job_last_success_timestamp_seconds\{job="telemetry-partitions"\} \d/m);
     assert.match(text, /^retention_partition_step_duration_seconds_count\{step="archive"\} 4$/m);
+  });
+
+  test('metrics: a saturated pool shows as active connections and waiting requests', async () => {
+    const pool = t.container.db.pool;
+    const held = [];
+    while (pool.totalCount < 20) held.push(await pool.connect());
+    const waiting = pool.query('SELECT 1').then(() => 'answered', (err: Error) => err.message);
+    try {
+      // Only the pool gauges: a full scrape would also run other domains' collectors, which may need a connection.
+      const registry = t.container.metrics.registry;
+      const text = (await registry.getSingleMetricAsString('db_pool_connections')) + '\n' + (await registry.getSingleMetricAsString('db_pool_waiting_requests'));
+      assert.match(text, /^db_pool_connections\{pool="primary",state="active"\} 20$/m);
+      assert.match(text, /^db_pool_connections\{pool="primary",state="idle"\} 0$/m);
+      const w = /^db_pool_waiting_requests\{pool="primary"\} (\d+)$/m.exec(text);
+      assert.ok(w && Number(w[1]) >= 1, text);
+    } finally {
+      for (const c of held) c.release();
+      assert.equal(await waiting, 'answered');
+    }
+  });
+});
+
+describe('metric names across every domain follow Prometheus conventions', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+  });
+  after(async () => t?.close());
+
+  test('counters end in _total, times are in seconds, sizes in bytes, names are snake_case', async () => {
+    const metrics = await t.container.metrics.registry.getMetricsAsJSON();
+    assert.ok(metrics.length > 10, `only ${metrics.length} metrics registered`);
+    const problems: string[] = [];
+    for (const m of metrics) {
+      const type = String(m.type);
+      if (!/^[a-z][a-z0-9_]*$/.test(m.name)) problems.push(`${m.name}: not snake_case`);
+      if (type === 'counter' && !m.name.endsWith('_total')) problems.push(`${m.name}: counter without _total`);
+      if (type !== 'counter' && m.name.endsWith('_total')) problems.push(`${m.name}: _total on a ${type}`);
+      if (/_(ms|millis|milliseconds|minutes|hours|kb|mb|kib|mib)(_|$)/.test(m.name)) problems.push(`${m.name}: not a base unit (seconds, bytes)`);
+      if (/(duration|latency|time|age|lag)(_|$)/.test(m.name) && !/_seconds(_total)?$|_timestamp_seconds$/.test(m.name)) problems.push(`${m.name}: a time without _seconds`);
+      if (!m.help || m.help.length < 5) problems.push(`${m.name}: no help text`);
+    }
+    assert.deepEqual(problems, []);
   });
 });
