@@ -40,11 +40,17 @@ BEGIN
 END $$;
 
 -- The newest reading per node by measurement time, kept on write.
+-- reading: the reading in API shape (camelCase, nodeId and timestamp included, absent fields omitted).
+-- version: a fresh sequence value on every change of the row (taken under the row lock, so it grows in
+-- commit order per node); caches keep the
+-- highest version they saw, so a slow cache fill can never overwrite a newer value.
+CREATE SEQUENCE telemetry_latest_version_seq;
 CREATE TABLE telemetry_latest (
   node_id      text PRIMARY KEY,
   ts           timestamptz NOT NULL,
   received_at  timestamptz NOT NULL,
-  reading      jsonb NOT NULL
+  reading      jsonb NOT NULL,
+  version      bigint NOT NULL DEFAULT nextval('telemetry_latest_version_seq')
 );
 
 -- 15-minute buckets (node, bucket start) whose raw readings changed after their rollup was computed.
@@ -65,4 +71,13 @@ CREATE TABLE telemetry_quality_daily (
   duplicates  bigint NOT NULL DEFAULT 0,
   corrected   bigint NOT NULL DEFAULT 0,
   PRIMARY KEY (node_id, day)
+);
+
+-- Async ingestion queue used when no Redis is configured: one row per accepted batch.
+-- Consumed with FOR UPDATE SKIP LOCKED and deleted in the same transaction as the write.
+CREATE TABLE telemetry_ingest_queue (
+  id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  enqueued_at  timestamptz NOT NULL DEFAULT now(),
+  readings     integer NOT NULL CHECK (readings > 0),
+  payload      text NOT NULL
 );

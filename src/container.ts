@@ -11,6 +11,7 @@ import { loadKeyRing, type KeyRing } from './http/auth.js';
 import { Metrics } from './metrics/metrics.js';
 import { JobRunner } from './jobs/runner.js';
 import { NodeRegistry } from './metadata/registry.js';
+import { createTelemetryIngestDomain } from './telemetry/index-ingest.js';
 import { createMetadataDomain } from './metadata/index.js';
 import { createOperationsDomain } from './operations/index.js';
 import { createRealtimeDomain } from './realtime/index.js';
@@ -105,6 +106,7 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
 
   // Domains, in dependency order. Each is built from `infra` and the domains it uses.
   const domains: Domain[] = [];
+  domains.push(createTelemetryIngestDomain(infra));
   const metadata = createMetadataDomain(infra);
   domains.push(metadata);
   domains.push(createOperationsDomain(infra));

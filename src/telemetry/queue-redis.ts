@@ -1,0 +1,174 @@
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { HealthCheck } from '../cache/types.js';
+import { AppError, unavailable } from '../http/errors.js';
+import { decodeRows, encodeRows, type IngestQueue, type QueueStats } from './queue.js';
+import { queueFull } from './queue-postgres.js';
+import type { IngestRow } from './validate.js';
+
+// Bound check, append and depth count in one atomic step: -1 when the batch does not fit.
+const ENQUEUE_SCRIPT = `
+local depth = tonumber(redis.call('GET', KEYS[2]) or '0')
+if depth + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return -1 end
+redis.call('XADD', KEYS[1], '*', 'n', ARGV[1], 'p', ARGV[3])
+return redis.call('INCRBY', KEYS[2], ARGV[1])`;
+
+// Ack, delete and uncount together; only the first ack of an entry uncounts it (a reclaimed entry
+// finished twice is counted once).
+const ACK_SCRIPT = `
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if acked == 1 then
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  redis.call('DECRBY', KEYS[2], ARGV[3])
+end
+return acked`;
+
+type ScriptRedis = Redis & {
+  ingestEnqueue(stream: string, depth: string, n: string, max: string, payload: string): Promise<number>;
+  ingestAck(stream: string, depth: string, group: string, id: string, n: string): Promise<number>;
+};
+
+type StreamEntry = [id: string, fields: string[]];
+
+export interface RedisQueueOptions {
+  /** Bound in readings (INGEST_QUEUE_MAX). */
+  max: number;
+  /** Idle time after which another consumer's unacknowledged entry is taken over (ms). */
+  reclaimIdleMs?: number;
+  /** How often pending entries of dead consumers are looked for (ms). */
+  reclaimEveryMs?: number;
+}
+
+/**
+ * The async queue on Redis Streams: one stream entry per accepted batch, a consumer group shared by
+ * every instance, XREADGROUP to take entries, XACK + XDEL once their readings are committed, and
+ * XAUTOCLAIM to take over entries a crashed consumer left pending. Durability is Redis's own:
+ * only AOF with `appendfsync always` loses nothing acknowledged.
+ */
+export class RedisQueue implements IngestQueue {
+  readonly kind = 'redis' as const;
+  private readonly stream: string;
+  private readonly depthKey: string;
+  private readonly group = 'ingest';
+  private readonly consumer = `c-${randomUUID()}`;
+  private readonly redis: ScriptRedis;
+  private reader?: Redis;
+  private running = false;
+  private loop?: Promise<void>;
+  private lastReclaim = 0;
+
+  constructor(
+    redis: Redis,
+    keyPrefix: string,
+    private readonly write: (rows: IngestRow[]) => Promise<unknown>,
+    private readonly logger: Logger,
+    private readonly opts: RedisQueueOptions,
+  ) {
+    this.stream = `${keyPrefix}ingest:stream`;
+    this.depthKey = `${keyPrefix}ingest:depth`;
+    const r = redis as unknown as ScriptRedis;
+    if (!(r as unknown as Partial<ScriptRedis>).ingestEnqueue) r.defineCommand('ingestEnqueue', { numberOfKeys: 2, lua: ENQUEUE_SCRIPT });
+    if (!(r as unknown as Partial<ScriptRedis>).ingestAck) r.defineCommand('ingestAck', { numberOfKeys: 2, lua: ACK_SCRIPT });
+    this.redis = r;
+  }
+
+  async enqueue(rows: readonly IngestRow[]): Promise<void> {
+    let res: number;
+    try {
+      res = await this.redis.ingestEnqueue(this.stream, this.depthKey, String(rows.length), String(this.opts.max), encodeRows(rows));
+    } catch (err) {
+      this.logger.warn({ err: (err as Error).message }, 'async ingestion queue unavailable');
+      throw unavailable('the ingestion queue (Redis) is unavailable; retry shortly', 2, 'QUEUE_UNAVAILABLE');
+    }
+    if (res < 0) throw queueFull(this.opts.max);
+  }
+
+  async stats(): Promise<QueueStats> {
+    const [depth, first] = await Promise.all([this.redis.get(this.depthKey), this.redis.xrange(this.stream, '-', '+', 'COUNT', 1)]);
+    const oldest = first[0] ? Number(first[0][0].split('-')[0]) : undefined;
+    return { depth: Number(depth ?? 0), lagSeconds: oldest === undefined ? 0 : Math.max(0, (Date.now() - oldest) / 1000) };
+  }
+
+  async health(): Promise<HealthCheck> {
+    try {
+      const s = await this.stats();
+      return { ok: s.depth < this.opts.max, backend: 'redis', depth: s.depth, lagSeconds: s.lagSeconds, max: this.opts.max };
+    } catch (err) {
+      return { ok: false, backend: 'redis', error: err instanceof Error ? err.message : String(err) };
+    }
+  }
+
+  async start(): Promise<void> {
+    this.reader = this.redis.duplicate();
+    this.reader.on('error', () => undefined);
+    await this.ensureGroup().catch((err: unknown) => this.logger.warn({ err }, 'could not create the ingestion consumer group yet'));
+    this.running = true;
+    this.loop = this.consume();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    await this.loop;
+    this.reader?.disconnect();
+  }
+
+  /**
+   * Takes over entries another consumer left unacknowledged for at least `minIdleMs` and writes
+   * them. Returns how many it wrote. Runs periodically; public for tests.
+   */
+  async reclaim(minIdleMs = this.opts.reclaimIdleMs ?? 60_000): Promise<number> {
+    let cursor = '0-0';
+    let done = 0;
+    do {
+      const res = (await this.redis.xautoclaim(this.stream, this.group, this.consumer, minIdleMs, cursor, 'COUNT', 16)) as [string, (StreamEntry | null)[]];
+      cursor = res[0];
+      const entries = res[1].filter((e): e is StreamEntry => e !== null && Array.isArray(e[1]));
+      for (const e of entries) {
+        await this.process(e);
+        done++;
+      }
+    } while (cursor !== '0-0' && this.running);
+    return done;
+  }
+
+  private async ensureGroup(): Promise<void> {
+    try {
+      await this.redis.xgroup('CREATE', this.stream, this.group, '0', 'MKSTREAM');
+    } catch (err) {
+      if (!String((err as Error).message).includes('BUSYGROUP')) throw err;
+    }
+  }
+
+  private async process([id, fields]: StreamEntry): Promise<void> {
+    let n = '0';
+    let payload = '[]';
+    for (let i = 0; i + 1 < fields.length; i += 2) {
+      if (fields[i] === 'n') n = fields[i + 1];
+      else if (fields[i] === 'p') payload = fields[i + 1];
+    }
+    await this.write(decodeRows(payload));
+    await this.redis.ingestAck(this.stream, this.depthKey, this.group, id, n);
+  }
+
+  private async consume(): Promise<void> {
+    const reader = this.reader as Redis;
+    while (this.running) {
+      try {
+        if (Date.now() - this.lastReclaim > (this.opts.reclaimEveryMs ?? 10_000)) {
+          this.lastReclaim = Date.now();
+          await this.reclaim();
+        }
+        const res = (await reader.xreadgroup('GROUP', this.group, this.consumer, 'COUNT', 4, 'BLOCK', 500, 'STREAMS', this.stream, '>')) as [string, StreamEntry[]][] | null;
+        if (!res) continue;
+        for (const [, entries] of res) for (const e of entries) await this.process(e);
+      } catch (err) {
+        const msg = err instanceof Error ? err.message : String(err);
+        if (msg.includes('NOGROUP')) await this.ensureGroup().catch(() => undefined);
+        else if (!(err instanceof AppError)) this.logger.warn({ err: msg }, 'async ingestion consumer failed; retrying');
+        // An entry that failed stays pending; it is redone by the reclaim pass.
+        if (this.running) await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+  }
+}

@@ -1,0 +1,209 @@
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import type { ErrorDetail } from '../http/errors.js';
+import { NODE_ID_PATTERN } from '../http/schemas.js';
+import { parseTime } from '../http/time.js';
+import { toDetails } from '../http/validation.js';
+import type { NodeInfo } from '../metadata/registry.js';
+
+/**
+ * The numeric reading fields, in storage order: API name and SQL column. The COPY line, the
+ * staging table and the latest-reading JSON all follow this order.
+ */
+export const NUMERIC_FIELDS = [
+  ['powerKw', 'power_kw'],
+  ['reactivePowerKvar', 'reactive_power_kvar'],
+  ['voltageV', 'voltage_v'],
+  ['currentA', 'current_a'],
+  ['frequencyHz', 'frequency_hz'],
+  ['stateOfChargePct', 'state_of_charge_pct'],
+  ['temperatureC', 'temperature_c'],
+  ['irradianceWm2', 'irradiance_wm2'],
+  ['windSpeedMs', 'wind_speed_ms'],
+  ['gridImportKw', 'grid_import_kw'],
+  ['gridExportKw', 'grid_export_kw'],
+] as const;
+
+export const HEALTH_STATUSES = ['ok', 'warning', 'fault', 'offline'] as const;
+export const QUALITIES = ['measured', 'estimated', 'interpolated'] as const;
+
+/** Largest `extra` object, measured as its JSON text in UTF-8 bytes. */
+export const EXTRA_MAX_BYTES = 4096;
+/** How far ahead of the server clock a measurement time may be (ms). */
+export const FUTURE_TOLERANCE_MS = 5 * 60_000;
+/** Interval assumed for nodes without metadata (accepted with UNKNOWN_NODES=accept), seconds. */
+export const DEFAULT_INTERVAL_SECONDS = 60;
+
+/** flags bit: |powerKw| > 1.1 × capacityKw. */
+export const FLAG_OUT_OF_RANGE = 1;
+/** flags bit: received more than 3 × telemetryIntervalSeconds after the measurement time. */
+export const FLAG_LATE = 2;
+
+/**
+ * One validated reading as the writer stores it. Numbers are finite; absent optional fields are null.
+ * `values` holds the NUMERIC_FIELDS in order (index 0, powerKw, is never null).
+ */
+export interface IngestRow {
+  nodeId: string;
+  /** Measurement time, epoch ms (sub-millisecond input digits are truncated). */
+  ts: number;
+  /** Arrival time at the API, epoch ms. */
+  receivedAt: number;
+  values: (number | null)[];
+  healthStatus: string | null;
+  quality: string | null;
+  /** `extra` as JSON text, or null. */
+  extra: string | null;
+  /** Soft-anomaly bits (FLAG_OUT_OF_RANGE | FLAG_LATE). */
+  flags: number;
+  /** The node's telemetryIntervalSeconds (DEFAULT_INTERVAL_SECONDS for unknown nodes), s. */
+  intervalS: number;
+}
+
+/** A rejected reading: its index in the request, its nodeId when it had a usable one, and every problem. */
+export interface Rejection {
+  index: number;
+  nodeId: string | null;
+  errors: ErrorDetail[];
+}
+
+/** Why a reading was rejected, as a metrics label (the first problem decides). */
+export type RejectReason = 'schema' | 'timestamp' | 'future' | 'retention' | 'extra_size' | 'unknown_node' | 'node_mismatch';
+
+const NODE_ID_RE = new RegExp(NODE_ID_PATTERN);
+
+const num = (extra: Record<string, unknown> = {}) => ({ type: 'number', ...extra });
+
+function readingSchema(withNodeId: boolean): object {
+  const properties: Record<string, object> = {
+    timestamp: { anyOf: [{ type: 'string', minLength: 1, maxLength: 40 }, { type: 'integer', minimum: 0 }] },
+    powerKw: num(),
+    reactivePowerKvar: num(),
+    voltageV: num({ minimum: 0 }),
+    currentA: num(),
+    frequencyHz: num({ minimum: 40, maximum: 70 }),
+    stateOfChargePct: num({ minimum: 0, maximum: 100 }),
+    temperatureC: num(),
+    irradianceWm2: num(),
+    windSpeedMs: num(),
+    gridImportKw: num(),
+    gridExportKw: num(),
+    healthStatus: { type: 'string', enum: [...HEALTH_STATUSES] },
+    quality: { type: 'string', enum: [...QUALITIES] },
+    extra: { type: 'object' },
+    nodeId: { type: 'string', pattern: NODE_ID_PATTERN },
+  };
+  return {
+    type: 'object',
+    properties,
+    required: withNodeId ? ['nodeId', 'timestamp', 'powerKw'] : ['timestamp', 'powerKw'],
+    additionalProperties: false,
+  };
+}
+
+// Own instance: strictNumbers rejects NaN/±Infinity (1e999 in JSON parses to Infinity).
+const ajv = new Ajv({ allErrors: true, strict: false, strictNumbers: true, coerceTypes: false, useDefaults: false });
+const batchCheck: ValidateFunction = ajv.compile(readingSchema(true));
+const singleCheck: ValidateFunction = ajv.compile(readingSchema(false));
+
+/** What the validator needs to know besides the reading. */
+export interface ValidationContext {
+  /** Node facts by id, from the in-memory registry. */
+  node(nodeId: string): NodeInfo | undefined;
+  acceptUnknownNodes: boolean;
+  retentionDays: number;
+}
+
+/**
+ * Validates readings with a schema compiled once and turns each valid one into an IngestRow.
+ * `now` is both the arrival time recorded and the clock for future/retention checks.
+ */
+export class ReadingValidator {
+  constructor(private readonly ctx: ValidationContext) {}
+
+  /**
+   * Validates one reading. `pathNodeId` is the node of the single-reading route (the body may
+   * then omit nodeId, or repeat the same one). Returns the row, or the problems with their reason.
+   */
+  check(input: unknown, index: number, prefix: string, now: number, pathNodeId?: string): IngestRow | { rejection: Rejection; reason: RejectReason } {
+    const single = pathNodeId !== undefined;
+    const validate = single ? singleCheck : batchCheck;
+    const bodyNodeId = isObject(input) && typeof input.nodeId === 'string' ? input.nodeId : undefined;
+    const reportedNode = single ? pathNodeId : bodyNodeId !== undefined && NODE_ID_RE.test(bodyNodeId) ? bodyNodeId : null;
+    const fail = (errors: ErrorDetail[], reason: RejectReason) => ({ rejection: { index, nodeId: reportedNode ?? null, errors }, reason });
+
+    if (!validate(input)) return fail(toDetails(validate.errors as ErrorObject[], prefix), 'schema');
+    const r = input as Record<string, unknown>;
+    const nodeId = single ? pathNodeId : (r.nodeId as string);
+    if (single && r.nodeId !== undefined && r.nodeId !== pathNodeId) {
+      return fail([{ path: `${prefix}/nodeId`, message: `must match the node in the path (${pathNodeId})` }], 'node_mismatch');
+    }
+
+    const ts = parseTime(r.timestamp);
+    if (ts === undefined) return fail([{ path: `${prefix}/timestamp`, message: 'must be an RFC 3339 time with offset or epoch milliseconds' }], 'timestamp');
+    if (ts > now + FUTURE_TOLERANCE_MS) return fail([{ path: `${prefix}/timestamp`, message: 'is more than 5 minutes in the future' }], 'future');
+    if (ts < now - this.ctx.retentionDays * 86_400_000) {
+      return fail([{ path: `${prefix}/timestamp`, message: `is older than the telemetry retention of ${this.ctx.retentionDays} days` }], 'retention');
+    }
+
+    let extra: string | null = null;
+    if (r.extra !== undefined) {
+      extra = JSON.stringify(r.extra);
+      // Characters never exceed bytes, so the byte count is only needed near the bound.
+      if (extra.length > EXTRA_MAX_BYTES / 4 && Buffer.byteLength(extra) > EXTRA_MAX_BYTES) {
+        return fail([{ path: `${prefix}/extra`, message: `must be at most ${EXTRA_MAX_BYTES} bytes as JSON` }], 'extra_size');
+      }
+    }
+
+    const info = this.ctx.node(nodeId);
+    if (!info && !this.ctx.acceptUnknownNodes) return fail([{ path: single ? '/nodeId' : `${prefix}/nodeId`, message: `unknown node ${nodeId}` }], 'unknown_node');
+    const intervalS = info?.telemetryIntervalSeconds ?? DEFAULT_INTERVAL_SECONDS;
+
+    const values: (number | null)[] = new Array(NUMERIC_FIELDS.length);
+    for (let i = 0; i < NUMERIC_FIELDS.length; i++) {
+      const v = r[NUMERIC_FIELDS[i][0]];
+      values[i] = v === undefined ? null : (v as number);
+    }
+    const power = values[0] as number;
+    let flags = 0;
+    if (info && Math.abs(power) > 1.1 * info.capacityKw) flags |= FLAG_OUT_OF_RANGE;
+    if (now - ts > 3 * intervalS * 1000) flags |= FLAG_LATE;
+
+    return {
+      nodeId,
+      ts,
+      receivedAt: now,
+      values,
+      healthStatus: (r.healthStatus as string | undefined) ?? null,
+      quality: (r.quality as string | undefined) ?? null,
+      extra,
+      flags,
+      intervalS,
+    };
+  }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** True when two rows for the same key carry the same reading (arrival time and flags aside). */
+export function sameReading(a: IngestRow, b: IngestRow): boolean {
+  if (a.healthStatus !== b.healthStatus || a.quality !== b.quality) return false;
+  for (let i = 0; i < a.values.length; i++) if (a.values[i] !== b.values[i]) return false;
+  if (a.extra === b.extra) return true;
+  if (a.extra === null || b.extra === null) return false;
+  // Same object with keys in another order is the same jsonb value.
+  return canonical(JSON.parse(a.extra)) === canonical(JSON.parse(b.extra));
+}
+
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v);
+}

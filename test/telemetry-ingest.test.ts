@@ -1,0 +1,354 @@
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import pg from 'pg';
+import { createTestApp, KEYS, type TestApp } from './support/app.js';
+import { insertNodes, minutesAgo } from './support/telemetry-nodes.js';
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+interface DbRow {
+  node_id: string;
+  ts: Date;
+  power_kw: number;
+  flags: number;
+  extra: unknown;
+}
+
+async function rowsOf(t: TestApp, nodeId: string): Promise<DbRow[]> {
+  const { rows } = await t.container.db.pool.query<DbRow>('SELECT node_id, ts, power_kw, flags, extra FROM telemetry WHERE node_id = $1 ORDER BY ts', [nodeId]);
+  return rows;
+}
+
+async function dirtyOf(t: TestApp, nodeId: string): Promise<number[]> {
+  const { rows } = await t.container.db.pool.query<{ b: Date }>('SELECT bucket_start AS b FROM telemetry_dirty_buckets WHERE node_id = $1 ORDER BY 1', [nodeId]);
+  return rows.map((r) => r.b.getTime());
+}
+
+/** Reference for the dirty-bucket rule: every 15-min bucket (epoch-aligned) overlapping [ts, ts + 3 × interval). */
+function expectedBuckets(tss: number[], intervalS: number): number[] {
+  const out = new Set<number>();
+  const q = 15 * 60_000;
+  for (const ts of tss) {
+    const end = ts + 3 * intervalS * 1000;
+    for (let b = ts - (((ts % q) + q) % q); b < end; b += q) out.add(b);
+  }
+  return [...out].sort((a, b) => a - b);
+}
+
+describe('telemetry ingestion (sync)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+    await insertNodes(t, [
+      { nodeId: 'bat-1', capacityKw: 100, intervalSeconds: 60 },
+      { nodeId: 'bat-2', capacityKw: 100, intervalSeconds: 60 },
+      { nodeId: 'wind-10m', capacityKw: 5000, intervalSeconds: 600 },
+      { nodeId: 'dirty-1', capacityKw: 100, intervalSeconds: 60 },
+      { nodeId: 'dirty-2', capacityKw: 100, intervalSeconds: 300 },
+      { nodeId: 'conc-1' },
+      { nodeId: 'conc-2' },
+      { nodeId: 'conc-3' },
+      { nodeId: 'flags-1', capacityKw: 100, intervalSeconds: 60 },
+      { nodeId: 'pub-1', capacityKw: 100, intervalSeconds: 60 },
+    ]);
+  });
+  after(async () => t?.close());
+
+  const post = (url: string, payload: unknown, key: string | null = KEYS.telemetry) => t.request({ method: 'POST', url, payload: payload as object, key });
+
+  test('single reading: stored, identical re-send is a duplicate, a changed value replaces it', async () => {
+    const ts = minutesAgo(10);
+    const reading = { timestamp: iso(ts), powerKw: 12.5, voltageV: 400.2, healthStatus: 'ok', quality: 'measured', extra: { alarms: [], phaseL1V: 230.1 } };
+    let r = await post('/api/telemetry/bat-1', reading);
+    assert.equal(r.statusCode, 201, r.body);
+    assert.deepEqual(r.json(), { stored: 1, duplicates: 0 });
+    // Same reading with extra keys in another order and epoch-ms timestamp: still the same reading.
+    r = await post('/api/telemetry/bat-1', { ...reading, timestamp: ts, extra: { phaseL1V: 230.1, alarms: [] } });
+    assert.deepEqual(r.json(), { stored: 0, duplicates: 1 });
+    r = await post('/api/telemetry/bat-1', { ...reading, powerKw: 13 });
+    assert.deepEqual(r.json(), { stored: 1, duplicates: 0 });
+    const rows = await rowsOf(t, 'bat-1');
+    assert.equal(rows.length, 1);
+    assert.equal(rows[0].power_kw, 13);
+    assert.deepEqual(rows[0].extra, { alarms: [], phaseL1V: 230.1 });
+    const { rows: q } = await t.container.db.pool.query('SELECT duplicates, corrected FROM telemetry_quality_daily WHERE node_id = $1', ['bat-1']);
+    assert.deepEqual(q, [{ duplicates: 1, corrected: 1 }]);
+  });
+
+  test('batch: exact stored/duplicates with duplicates and versions inside one batch', async () => {
+    const t0 = minutesAgo(30);
+    const readings = [
+      { nodeId: 'bat-2', timestamp: iso(t0), powerKw: 1 },
+      { nodeId: 'bat-2', timestamp: iso(t0), powerKw: 1 }, // duplicate of the first
+      { nodeId: 'bat-2', timestamp: iso(t0), powerKw: 2 }, // correction: stored, last wins
+      { nodeId: 'bat-2', timestamp: iso(t0), powerKw: 2 }, // duplicate of the correction
+      { nodeId: 'bat-2', timestamp: iso(t0 + 60_000), powerKw: 3 },
+      { nodeId: 'bat-2', timestamp: iso(t0), powerKw: 1 }, // back to 1: a change again
+    ];
+    let r = await post('/api/telemetry/batch', { readings });
+    assert.equal(r.statusCode, 200, r.body);
+    assert.deepEqual(r.json(), { stored: 4, duplicates: 2, rejected: [] });
+    const rows = await rowsOf(t, 'bat-2');
+    assert.deepEqual(rows.map((x) => [x.ts.getTime(), x.power_kw]), [[t0, 1], [t0 + 60_000, 3]]);
+    const { rows: q } = await t.container.db.pool.query('SELECT duplicates, corrected FROM telemetry_quality_daily WHERE node_id = $1', ['bat-2']);
+    assert.deepEqual(q, [{ duplicates: 2, corrected: 2 }]);
+    // The whole batch again: the final state of each key is what is stored; the rest are changes.
+    r = await post('/api/telemetry/batch', { readings: [readings[4], readings[5]] });
+    assert.deepEqual(r.json(), { stored: 0, duplicates: 2, rejected: [] });
+  });
+
+  test('every hard error is rejected per reading with index and path; the valid ones are stored', async () => {
+    const ts = iso(minutesAgo(5));
+    const bad: [unknown, string][] = [
+      [{ nodeId: 'bat-1', powerKw: 1 }, '/timestamp'],
+      [{ nodeId: 'bat-1', timestamp: 'yesterday', powerKw: 1 }, '/timestamp'],
+      [{ nodeId: 'bat-1', timestamp: '2026-02-31T00:00:00Z', powerKw: 1 }, '/timestamp'],
+      [{ nodeId: 'bat-1', timestamp: '2026-11-27T10:00:00', powerKw: 1 }, '/timestamp'],
+      [{ nodeId: 'bat-1', timestamp: iso(Date.now() + 6 * 60_000), powerKw: 1 }, '/timestamp'],
+      [{ nodeId: 'bat-1', timestamp: iso(Date.now() - 31 * 86_400_000), powerKw: 1 }, '/timestamp'],
+      [{ nodeId: 'bat-1', timestamp: ts }, '/powerKw'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: '5' }, '/powerKw'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, colour: 'red' }, '/colour'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, frequencyHz: 39.9 }, '/frequencyHz'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, frequencyHz: 70.1 }, '/frequencyHz'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, stateOfChargePct: 100.5 }, '/stateOfChargePct'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, stateOfChargePct: -1 }, '/stateOfChargePct'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, voltageV: -0.1 }, '/voltageV'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, healthStatus: 'broken' }, '/healthStatus'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, quality: 'guessed' }, '/quality'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, extra: { blob: 'x'.repeat(4100) } }, '/extra'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, extra: [1, 2] }, '/extra'],
+      [{ nodeId: 'nobody-here', timestamp: ts, powerKw: 1 }, '/nodeId'],
+      [{ nodeId: 'bad id!', timestamp: ts, powerKw: 1 }, '/nodeId'],
+      [{ timestamp: ts, powerKw: 1 }, '/nodeId'],
+      ['not an object', ''],
+      [null, ''],
+    ];
+    const valid = { nodeId: 'bat-1', timestamp: iso(minutesAgo(3)), powerKw: 7 };
+    const r = await post('/api/telemetry/batch', { readings: [valid, ...bad.map(([b]) => b)] });
+    assert.equal(r.statusCode, 200, r.body);
+    const body = r.json();
+    assert.equal(body.stored, 1);
+    assert.equal(body.rejected.length, bad.length);
+    bad.forEach(([, path], i) => {
+      const rej = body.rejected[i];
+      assert.equal(rej.index, i + 1);
+      assert.ok(rej.errors.length >= 1);
+      assert.ok(
+        rej.errors.some((e: { path: string }) => e.path === `/readings/${i + 1}${path}`),
+        `reading ${i + 1}: expected an error at ${path}, got ${JSON.stringify(rej.errors)}`,
+      );
+    });
+    assert.equal(body.rejected[0].nodeId, 'bat-1');
+    assert.equal(body.rejected[19].nodeId, null);
+  });
+
+  test('non-finite numbers are rejected (1e999 parses to Infinity)', async () => {
+    const raw = `{"readings":[{"nodeId":"bat-1","timestamp":"${iso(minutesAgo(4))}","powerKw":1e999},{"nodeId":"bat-1","timestamp":"${iso(minutesAgo(4))}","powerKw":1,"temperatureC":-1e999}]}`;
+    const r = await t.request({ method: 'POST', url: '/api/telemetry/batch', payload: raw, headers: { 'content-type': 'application/json' }, key: KEYS.telemetry });
+    assert.equal(r.statusCode, 400, r.body);
+    assert.equal(r.json().error.code, 'NO_VALID_READINGS');
+    assert.deepEqual(r.json().error.details.map((d: { path: string }) => d.path), ['/readings/0/powerKw', '/readings/1/temperatureC']);
+  });
+
+  test('a batch with no valid reading is a 400 with the envelope', async () => {
+    const r = await post('/api/telemetry/batch', { readings: [{ nodeId: 'bat-1', powerKw: 1 }, { nodeId: 'ghost', timestamp: iso(minutesAgo(1)), powerKw: 1 }] });
+    assert.equal(r.statusCode, 400);
+    const e = r.json().error;
+    assert.equal(e.code, 'NO_VALID_READINGS');
+    assert.deepEqual(e.details.map((d: { path: string }) => d.path), ['/readings/0/timestamp', '/readings/1/nodeId']);
+  });
+
+  test('bad batch envelopes: 400, and 413 above the body limit', async () => {
+    for (const payload of [{}, { readings: [] }, { readings: 'x' }, { readings: [], more: 1 }]) {
+      const r = await post('/api/telemetry/batch', payload);
+      assert.equal(r.statusCode, 400, JSON.stringify(payload));
+      assert.equal(typeof r.json().error.code, 'string');
+    }
+    const tooMany = { readings: Array.from({ length: 10_001 }, (_, i) => ({ nodeId: 'bat-1', timestamp: minutesAgo(0) - i * 1000, powerKw: 1 })) };
+    let r = await post('/api/telemetry/batch', tooMany);
+    assert.equal(r.statusCode, 400);
+    r = await t.request({ method: 'POST', url: '/api/telemetry/batch', payload: '{"readings": [', headers: { 'content-type': 'application/json' }, key: KEYS.telemetry });
+    assert.equal(r.statusCode, 400);
+    assert.equal(r.json().error.code, 'INVALID_JSON');
+    r = await post('/api/telemetry/batch?mode=later', { readings: [{ nodeId: 'bat-1', timestamp: iso(minutesAgo(1)), powerKw: 1 }] });
+    assert.equal(r.statusCode, 400);
+    // The single-reading route keeps the default 1 MiB limit.
+    r = await post('/api/telemetry/bat-1', { timestamp: iso(minutesAgo(1)), powerKw: 1, extra: { blob: 'x'.repeat(1_100_000) } });
+    assert.equal(r.statusCode, 413);
+    assert.equal(r.json().error.code, 'PAYLOAD_TOO_LARGE');
+  });
+
+  test('single-reading errors: 400 with details; unknown node; node mismatch; bad node id', async () => {
+    let r = await post('/api/telemetry/bat-1', { timestamp: iso(minutesAgo(1)), powerKw: 1, frequencyHz: 80 });
+    assert.equal(r.statusCode, 400);
+    assert.equal(r.json().error.details[0].path, '/frequencyHz');
+    r = await post('/api/telemetry/ghost-node', { timestamp: iso(minutesAgo(1)), powerKw: 1 });
+    assert.equal(r.statusCode, 400);
+    assert.equal(r.json().error.code, 'UNKNOWN_NODE');
+    r = await post('/api/telemetry/bat-1', { nodeId: 'bat-2', timestamp: iso(minutesAgo(1)), powerKw: 1 });
+    assert.equal(r.statusCode, 400);
+    r = await post('/api/telemetry/bad%20id', { timestamp: iso(minutesAgo(1)), powerKw: 1 });
+    assert.equal(r.statusCode, 400);
+    r = await post('/api/telemetry/bat-1', [1, 2]);
+    assert.equal(r.statusCode, 400);
+  });
+
+  test('auth: no key 401, read-only key 403', async () => {
+    const body = { timestamp: iso(minutesAgo(1)), powerKw: 1 };
+    assert.equal((await post('/api/telemetry/bat-1', body, null)).statusCode, 401);
+    assert.equal((await post('/api/telemetry/bat-1', body, KEYS.read)).statusCode, 403);
+    assert.equal((await post('/api/telemetry/batch', { readings: [{ nodeId: 'bat-1', ...body }] }, KEYS.read)).statusCode, 403);
+  });
+
+  test('soft anomalies are stored and flagged: out of range (bit 1) and late (bit 2)', async () => {
+    const now = Date.now();
+    const readings = [
+      { nodeId: 'flags-1', timestamp: iso(minutesAgo(1)), powerKw: 110 }, // exactly 1.1 x: not flagged
+      { nodeId: 'flags-1', timestamp: iso(minutesAgo(2)), powerKw: -110.5 }, // out of range
+      { nodeId: 'flags-1', timestamp: iso(now - 200_000), powerKw: 5 }, // 200 s > 3 x 60 s: late
+      { nodeId: 'flags-1', timestamp: iso(now - 400_000), powerKw: 500 }, // both
+    ];
+    const r = await post('/api/telemetry/batch', { readings });
+    assert.deepEqual(r.json(), { stored: 4, duplicates: 0, rejected: [] });
+    const rows = await rowsOf(t, 'flags-1');
+    const byTs = new Map(rows.map((x) => [x.ts.getTime(), x.flags]));
+    const expected = (ts: number, power: number) => (Math.abs(power) > 110 ? 1 : 0) | (now - ts > 180_000 ? 2 : 0);
+    for (const rd of readings) {
+      const ts = Date.parse(rd.timestamp);
+      assert.equal(byTs.get(ts), expected(ts, rd.powerKw), rd.timestamp);
+    }
+  });
+
+  test('dirty buckets: every 15-min bucket overlapping [ts, ts + 3 x interval) of written readings, not duplicates', async () => {
+    const q = 15 * 60_000;
+    const base = Math.floor(minutesAgo(120) / q) * q; // a bucket start
+    const tss1 = [base + 5 * 60_000, base + 14 * 60_000 + 30_000, base + 30 * 60_000];
+    const tss2 = [base + 20 * 60_000, base + 44 * 60_000];
+    let r = await post('/api/telemetry/batch', {
+      readings: [...tss1.map((ts) => ({ nodeId: 'dirty-1', timestamp: ts, powerKw: 1 })), ...tss2.map((ts) => ({ nodeId: 'dirty-2', timestamp: ts, powerKw: 1 }))],
+    });
+    assert.equal(r.json().stored, 5);
+    assert.deepEqual(await dirtyOf(t, 'dirty-1'), expectedBuckets(tss1, 60));
+    assert.deepEqual(await dirtyOf(t, 'dirty-2'), expectedBuckets(tss2, 300));
+    // The refresher clears them; an identical re-send marks nothing, a correction marks its buckets again.
+    await t.container.db.pool.query('DELETE FROM telemetry_dirty_buckets');
+    r = await post('/api/telemetry/batch', { readings: tss1.map((ts) => ({ nodeId: 'dirty-1', timestamp: ts, powerKw: 1 })) });
+    assert.deepEqual(r.json(), { stored: 0, duplicates: 3, rejected: [] });
+    assert.deepEqual(await dirtyOf(t, 'dirty-1'), []);
+    r = await post('/api/telemetry/dirty-1', { timestamp: tss1[1], powerKw: 2 });
+    assert.deepEqual(r.json(), { stored: 1, duplicates: 0 });
+    assert.deepEqual(await dirtyOf(t, 'dirty-1'), expectedBuckets([tss1[1]], 60));
+  });
+
+  test('8 concurrent clients with overlapping batches: stored equals the distinct keys, no deadlock', async () => {
+    const nodes = ['conc-1', 'conc-2', 'conc-3'];
+    const t0 = minutesAgo(600);
+    const clients = 8;
+    const batches: { nodeId: string; timestamp: number; powerKw: number }[][] = [];
+    for (let c = 0; c < clients; c++) {
+      const readings = [];
+      // Each client covers an overlapping window of keys, in its own (shuffled) order.
+      for (let i = c * 150; i < c * 150 + 600; i++) {
+        for (const nodeId of nodes) readings.push({ nodeId, timestamp: t0 + i * 1000, powerKw: (i % 97) + nodes.indexOf(nodeId) });
+      }
+      if (c % 2) readings.reverse();
+      batches.push(readings);
+    }
+    const distinct = new Set(batches.flat().map((r) => `${r.nodeId}|${r.timestamp}`));
+    const results = await Promise.all(batches.map((readings) => post('/api/telemetry/batch', { readings })));
+    let stored = 0;
+    let duplicates = 0;
+    for (const r of results) {
+      assert.equal(r.statusCode, 200, r.body);
+      stored += r.json().stored;
+      duplicates += r.json().duplicates;
+    }
+    assert.equal(stored, distinct.size);
+    assert.equal(stored + duplicates, batches.flat().length);
+    const { rows } = await t.container.db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM telemetry WHERE node_id = ANY($1)', [nodes]);
+    assert.equal(rows[0].n, distinct.size);
+  });
+
+  test('after commit: telemetry.latest and telemetry.changed are published', async () => {
+    const latest: unknown[] = [];
+    const changed: unknown[] = [];
+    const un1 = await t.container.pubsub.subscribe('telemetry.latest', (m) => latest.push(JSON.parse(m)));
+    const un2 = await t.container.pubsub.subscribe('telemetry.changed', (m) => changed.push(JSON.parse(m)));
+    const a = minutesAgo(50);
+    const r = await post('/api/telemetry/batch', {
+      readings: [
+        { nodeId: 'pub-1', timestamp: iso(a), powerKw: 1 },
+        { nodeId: 'pub-1', timestamp: iso(a + 120_000), powerKw: 2, healthStatus: 'warning', extra: { k: 1 } },
+      ],
+    });
+    assert.equal(r.json().stored, 2);
+    await new Promise((res) => setTimeout(res, 50));
+    await un1();
+    await un2();
+    assert.equal(latest.length, 1);
+    const msg = latest[0] as { nodeId: string; timestamp: string; receivedAt: string; reading: Record<string, unknown> };
+    assert.equal(msg.nodeId, 'pub-1');
+    assert.equal(msg.timestamp, iso(a + 120_000));
+    assert.deepEqual(msg.reading, { nodeId: 'pub-1', timestamp: iso(a + 120_000), powerKw: 2, healthStatus: 'warning', extra: { k: 1 } });
+    assert.ok(Math.abs(Date.parse(msg.receivedAt) - Date.now()) < 60_000);
+    assert.deepEqual(changed, [{ nodeId: 'pub-1', from: a, to: a + 120_001 }]);
+  });
+
+  test('metrics count ingested readings, rejections by reason and flushes', async () => {
+    const r = await t.request({ method: 'GET', url: '/metrics', key: null });
+    assert.match(r.body, /telemetry_ingested_readings_total \d+/);
+    assert.match(r.body, /telemetry_rejected_readings_total\{reason="unknown_node"\} \d+/);
+    assert.match(r.body, /telemetry_flush_readings_count \d+/);
+    assert.match(r.body, /telemetry_ingest_queue_depth_readings 0/);
+  });
+
+  test('database outage: 503 with Retry-After, fast, never a 500', async () => {
+    const name = new URL(t.databaseUrl).pathname.slice(1);
+    const serverUrl = new URL(t.databaseUrl);
+    serverUrl.pathname = '/postgres';
+    const admin = new pg.Client({ connectionString: serverUrl.toString() });
+    await admin.connect();
+    try {
+      await admin.query(`ALTER DATABASE "${name}" WITH ALLOW_CONNECTIONS false`);
+      // Drop every pooled connection so the next write must connect.
+      await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [name]);
+      await new Promise((res) => setTimeout(res, 100));
+      const t0 = Date.now();
+      const r = await post('/api/telemetry/bat-1', { timestamp: iso(minutesAgo(1)), powerKw: 1 });
+      assert.equal(r.statusCode, 503, r.body);
+      assert.ok(r.headers['retry-after']);
+      assert.equal(r.json().error.code, 'DATABASE_UNAVAILABLE');
+      assert.ok(Date.now() - t0 < 5000);
+      const b = await post('/api/telemetry/batch', { readings: [{ nodeId: 'bat-1', timestamp: iso(minutesAgo(1)), powerKw: 1 }] });
+      assert.equal(b.statusCode, 503, b.body);
+    } finally {
+      await admin.query(`ALTER DATABASE "${name}" WITH ALLOW_CONNECTIONS true`);
+      await admin.end();
+    }
+    const r = await post('/api/telemetry/bat-1', { timestamp: iso(minutesAgo(1)), powerKw: 1 });
+    assert.equal(r.statusCode, 201, r.body);
+  });
+});
+
+describe('telemetry ingestion: UNKNOWN_NODES=accept', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp({ env: { UNKNOWN_NODES: 'accept' } });
+  });
+  after(async () => t?.close());
+
+  test('readings of nodes without metadata are stored (default interval, no capacity check)', async () => {
+    const r = await t.request({
+      method: 'POST',
+      url: '/api/telemetry/batch',
+      payload: { readings: [{ nodeId: 'stranger-1', timestamp: iso(minutesAgo(2)), powerKw: 1e6 }] },
+      key: KEYS.telemetry,
+    });
+    assert.deepEqual(r.json(), { stored: 1, duplicates: 0, rejected: [] });
+    const s = await t.request({ method: 'POST', url: '/api/telemetry/stranger-2', payload: { timestamp: iso(minutesAgo(2)), powerKw: 3 }, key: KEYS.telemetry });
+    assert.equal(s.statusCode, 201);
+    const { rows } = await t.container.db.pool.query('SELECT node_id, flags FROM telemetry ORDER BY node_id');
+    assert.deepEqual(rows, [{ node_id: 'stranger-1', flags: 0 }, { node_id: 'stranger-2', flags: 0 }]);
+  });
+});
