@@ -238,15 +238,15 @@ export async function pruneRange(q: Queryable, afterSequence: number, upTo: numb
 }
 
 /**
- * The last sequence retention may prune: the longest prefix of the retained log whose records
- * were all recorded before `cutoff`, capped at the last anchored sequence.
+ * The last sequence retention may prune: the end of the last anchor lying wholly inside the
+ * longest prefix of the log whose records were all recorded before `cutoff`. Whole anchors
+ * only, so every retained record keeps a complete Merkle batch and thus its proof.
  */
 export async function prunableUpTo(q: Queryable, cutoff: number): Promise<number | undefined> {
   const { rows } = await q.query<{ upto: number | null }>(
-    `SELECT LEAST(
-       (SELECT max(to_sequence) FROM transaction_anchors),
-       COALESCE((SELECT min(sequence) - 1 FROM transactions WHERE recorded_at >= $1), (SELECT max(sequence) FROM transactions))
-     ) AS upto`,
+    `SELECT max(to_sequence) AS upto FROM transaction_anchors
+     WHERE to_sequence <= COALESCE((SELECT min(sequence) - 1 FROM transactions WHERE recorded_at >= $1),
+                                   (SELECT max(sequence) FROM transactions))`,
     [new Date(cutoff)],
   );
   return rows[0].upto ?? undefined;
