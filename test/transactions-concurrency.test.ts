@@ -34,7 +34,7 @@ describe('transactions: two service instances on one database', () => {
     const rows = await sql<{ sequence: number; prev_hash: string; hash: string; id: string }>(a.databaseUrl, 'SELECT sequence::int, prev_hash, hash, id FROM transactions ORDER BY sequence');
     assert.deepEqual(rows.map((r) => r.sequence), Array.from({ length: 50 }, (_, i) => i + 1));
     // Every answer's record is in the table as returned, and links to its predecessor.
-    const bySeq = new Map(rs.map((r) => [r.json().sequence as number, r.json()]));
+    const bySeq = new Map(rs.map((r) => [r.json().sequence as number, r.json() as Record<string, unknown> & { prevHash: string; hash: string }]));
     let prev = ZERO;
     for (const row of rows) {
       const rec = bySeq.get(row.sequence);
