@@ -16,6 +16,7 @@ import { createMetadataDomain } from './metadata/index.js';
 import { createOperationsDomain } from './operations/index.js';
 import { createRealtimeDomain } from './realtime/index.js';
 import { createTransactionsDomain } from './transactions/index.js';
+import { createAnalyticsDomain } from './analytics/index.js';
 
 /** Shared infrastructure every domain is built from. */
 export interface Infra {
@@ -112,6 +113,7 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
   domains.push(createOperationsDomain(infra));
   domains.push(createRealtimeDomain(infra, { keyRing }));
   domains.push(createTransactionsDomain(infra));
+  domains.push(createAnalyticsDomain(infra));
 
   let closed = false;
   return {

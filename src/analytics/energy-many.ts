@@ -1,0 +1,189 @@
+/**
+ * Energy figures of many nodes at once, set-based: the multi-node counterpart of
+ * `energyByPeriods` (src/telemetry/energy.ts) for the portfolio and peer groups. It uses the
+ * telemetry module's own planning (`planPieces`: coarsest clean rollup tiers, finer at edges and
+ * around dirty buckets) and hold rule (`accumulate` over raw readings for what no tier covers),
+ * so its figures equal `energyByPeriods` node by node; only the SQL is batched: one statement for
+ * dirty marks, one for every node's tier rows, one for every node's raw readings.
+ */
+import type { Queryable } from '../db/pool.js';
+import type { Period } from '../telemetry/buckets.js';
+import { planPieces } from '../telemetry/query-engine.js';
+import { accumulate, mergeRanges, type ReadingColumns } from '../telemetry/rollup-compute.js';
+import { POWER } from '../telemetry/rollup-fields.js';
+import { TIER_MS, TIER_TABLE, type Tier } from '../telemetry/rollup-store.js';
+
+/** One node and the periods wanted for it. */
+export interface NodePeriods {
+  nodeId: string;
+  /** Expected reporting interval (s, > 0): the hold cap is 3 × this. */
+  telemetryIntervalSeconds: number;
+  /** Sorted, non-overlapping half-open periods (epoch ms). */
+  periods: readonly Period[];
+}
+
+/** Power figures of one node over one period (same meanings as `EnergyPeriod`, unrounded). */
+export interface EnergyFigures {
+  /** kWh ≥ 0 */
+  energyExportedKwh: number;
+  /** kWh ≥ 0 */
+  energyImportedKwh: number;
+  /** Seconds covered by readings' holds. */
+  heldSeconds: number;
+  /** Held seconds with health not fault/offline. */
+  availableSeconds: number;
+  /** Σ powerKw × seconds held (kW·s). */
+  integralKws: number;
+  /** Readings timestamped in the period. */
+  readingCount: number;
+  /** kW, null without readings. */
+  minPowerKw: number | null;
+  maxPowerKw: number | null;
+}
+
+const QUARTER = TIER_MS['15m'];
+const iso = (ms: number) => new Date(ms).toISOString();
+// Bounds the size of the unnest arrays of one statement.
+const PIECES_PER_QUERY = 20_000;
+
+function empty(): EnergyFigures {
+  return { energyExportedKwh: 0, energyImportedKwh: 0, heldSeconds: 0, availableSeconds: 0, integralKws: 0, readingCount: 0, minPowerKw: null, maxPowerKw: null };
+}
+
+function addMin(a: number | null, b: number | null): number | null {
+  return a === null ? b : b === null ? a : Math.min(a, b);
+}
+function addMax(a: number | null, b: number | null): number | null {
+  return a === null ? b : b === null ? a : Math.max(a, b);
+}
+
+/** Figures per item and period (`result[i][j]` for `items[i].periods[j]`). */
+export async function energyForNodes(q: Queryable, items: readonly NodePeriods[]): Promise<EnergyFigures[][]> {
+  const out = items.map((it) => it.periods.map(empty));
+  const live = items.map((it, i) => ({ it, i })).filter(({ it }) => it.periods.length > 0);
+  if (live.length === 0) return out;
+  const nodeIds = [...new Set(live.map(({ it }) => it.nodeId))];
+  const lo = Math.floor(Math.min(...live.map(({ it }) => it.periods[0].start)) / QUARTER) * QUARTER;
+  const hi = Math.max(...live.map(({ it }) => it.periods[it.periods.length - 1].end));
+
+  // Dirty marks before rollups, as aggregatePeriods does: a write acknowledged before the call is reflected.
+  const { rows: st } = await q.query<{ node_id: string; cap: number | null; dirty: number[] | null }>(
+    `SELECT n.node_id, s.cap_seconds AS cap,
+            (SELECT array_agg((extract(epoch FROM d.bucket_start) * 1000)::float8 ORDER BY d.bucket_start)
+               FROM telemetry_dirty_buckets d WHERE d.node_id = n.node_id AND d.bucket_start >= $2 AND d.bucket_start < $3) AS dirty
+     FROM unnest($1::text[]) AS n(node_id) LEFT JOIN telemetry_rollup_state s ON s.node_id = n.node_id`,
+    [nodeIds, iso(lo), iso(hi)],
+  );
+  const state = new Map(st.map((r) => [r.node_id, { cap: r.cap, dirty: r.dirty ?? [] }]));
+
+  type Piece = { tier: Tier; node: string; lo: number; hi: number; item: number; period: number };
+  const pieces: Piece[] = [];
+  const raw: { item: number; capMs: number; periods: { start: number; end: number; period: number }[] }[] = [];
+  for (const { it, i } of live) {
+    const s = state.get(it.nodeId) ?? { cap: null, dirty: [] };
+    const capMs = 3 * it.telemetryIntervalSeconds * 1000;
+    const useRollups = s.cap === null || s.cap * 1000 === capMs;
+    const plan = planPieces(it.periods, s.dirty, useRollups);
+    for (const p of plan.pieces) pieces.push({ tier: p.tier, node: it.nodeId, lo: p.lo, hi: p.hi, item: i, period: p.idx });
+    if (plan.raw.length > 0) {
+      raw.push({ item: i, capMs, periods: plan.raw.map((r) => ({ start: r.lo, end: r.hi, period: r.idx })).sort((a, b) => a.start - b.start) });
+    }
+  }
+
+  for (let c = 0; c < pieces.length; c += PIECES_PER_QUERY) {
+    await addTiers(q, pieces.slice(c, c + PIECES_PER_QUERY), out);
+  }
+  if (raw.length > 0) await addRaw(q, items, raw, out);
+  return out;
+}
+
+async function addTiers(q: Queryable, pieces: readonly { tier: Tier; node: string; lo: number; hi: number; item: number; period: number }[], out: EnergyFigures[][]): Promise<void> {
+  const params: unknown[] = [POWER.code];
+  const selects: string[] = [];
+  for (const tier of Object.keys(TIER_TABLE) as Tier[]) {
+    const mine = pieces.filter((p) => p.tier === tier);
+    if (mine.length === 0) continue;
+    params.push(mine.map((p) => p.node), mine.map((p) => iso(p.lo)), mine.map((p) => iso(p.hi)), mine.map((p) => p.item), mine.map((p) => p.period));
+    const n = params.length;
+    selects.push(`SELECT p.item, p.period, sum(r.n)::float8 AS n, min(r.min) AS min, max(r.max) AS max, sum(r.integral) AS integral, sum(r.held) AS held,
+        sum(r.exported_kwh) AS exported, sum(r.imported_kwh) AS imported, sum(r.available_s) AS available
+      FROM unnest($${n - 4}::text[], $${n - 3}::timestamptz[], $${n - 2}::timestamptz[], $${n - 1}::int[], $${n}::int[]) AS p(node, lo, hi, item, period)
+      JOIN ${TIER_TABLE[tier]} r ON r.node_id = p.node AND r.field = $1 AND r.bucket_start >= p.lo AND r.bucket_start < p.hi
+      GROUP BY p.item, p.period`);
+  }
+  if (selects.length === 0) return;
+  const { rows } = await q.query<{ item: number; period: number; n: number; min: number | null; max: number | null; integral: number; held: number; exported: number | null; imported: number | null; available: number | null }>(
+    selects.join('\nUNION ALL\n'),
+    params,
+  );
+  for (const r of rows) {
+    const f = out[r.item][r.period];
+    f.readingCount += r.n;
+    if (r.n > 0) {
+      f.minPowerKw = addMin(f.minPowerKw, r.min);
+      f.maxPowerKw = addMax(f.maxPowerKw, r.max);
+    }
+    f.integralKws += r.integral;
+    f.heldSeconds += r.held;
+    f.energyExportedKwh += r.exported ?? 0;
+    f.energyImportedKwh += r.imported ?? 0;
+    f.availableSeconds += r.available ?? 0;
+  }
+}
+
+async function addRaw(
+  q: Queryable,
+  items: readonly NodePeriods[],
+  raw: readonly { item: number; capMs: number; periods: { start: number; end: number; period: number }[] }[],
+  out: EnergyFigures[][],
+): Promise<void> {
+  // Readings needed: each raw piece and the cap before it (a reading there can hold into it).
+  const ranges = raw.map((r) => ({ item: r.item, ranges: mergeRanges(r.periods.map((p) => ({ lo: p.start - r.capMs, hi: p.end })), 0) }));
+  const nodes: string[] = [];
+  const los: string[] = [];
+  const his: string[] = [];
+  const keys: number[] = [];
+  for (const r of ranges) {
+    for (const g of r.ranges) {
+      nodes.push(items[r.item].nodeId);
+      los.push(iso(g.lo));
+      his.push(iso(g.hi));
+      keys.push(r.item);
+    }
+  }
+  const { rows } = await q.query({
+    text: `SELECT p.k, (extract(epoch FROM t.ts) * 1000)::float8 AS t, t.health_status, t.${POWER.column}
+           FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int[]) AS p(node, lo, hi, k)
+           JOIN telemetry t ON t.node_id = p.node AND t.ts >= p.lo AND t.ts < p.hi
+           ORDER BY p.k, t.ts`,
+    values: [nodes, los, his, keys],
+    rowMode: 'array',
+  });
+  const byItem = new Map<number, ReadingColumns>();
+  for (const r of rows as [number, number, string | null, number | null][]) {
+    let cols = byItem.get(r[0]);
+    if (!cols) byItem.set(r[0], (cols = { ts: [], values: [[]], health: [] }));
+    cols.ts.push(r[1]);
+    cols.health.push(r[2]);
+    cols.values[0].push(r[3]);
+  }
+  for (const r of raw) {
+    const readings = byItem.get(r.item) ?? { ts: [], values: [[]], health: [] };
+    const partials = accumulate(readings, r.periods, r.capMs, 0);
+    r.periods.forEach((p, k) => {
+      const a = partials[k].fields[0];
+      const e = partials[k].extras;
+      const f = out[r.item][p.period];
+      f.readingCount += a.n;
+      if (a.n > 0) {
+        f.minPowerKw = addMin(f.minPowerKw, a.min);
+        f.maxPowerKw = addMax(f.maxPowerKw, a.max);
+      }
+      f.integralKws += a.integral;
+      f.heldSeconds += a.held;
+      f.energyExportedKwh += e.exportedKwh;
+      f.energyImportedKwh += e.importedKwh;
+      f.availableSeconds += e.availableS;
+    });
+  }
+}
