@@ -32,8 +32,14 @@ BEGIN
   IF to_regclass(part) IS NULL THEN
     PERFORM pg_advisory_xact_lock(7460002, (day - date '2000-01-01'));
     IF to_regclass(part) IS NULL THEN
-      EXECUTE format('CREATE TABLE %I PARTITION OF telemetry FOR VALUES FROM (%L) TO (%L)',
-                     part, (day::timestamp AT TIME ZONE 'UTC'), ((day + 1)::timestamp AT TIME ZONE 'UTC'));
+      -- The re-check can miss a partition another session just created (the catalog snapshot is
+      -- not refreshed by an advisory lock), so losing that race is not an error.
+      BEGIN
+        EXECUTE format('CREATE TABLE %I PARTITION OF telemetry FOR VALUES FROM (%L) TO (%L)',
+                       part, (day::timestamp AT TIME ZONE 'UTC'), ((day + 1)::timestamp AT TIME ZONE 'UTC'));
+      EXCEPTION WHEN duplicate_table THEN
+        NULL;
+      END;
     END IF;
   END IF;
   RETURN part;

@@ -57,6 +57,7 @@ export class RedisQueue implements IngestQueue {
   private running = false;
   private loop?: Promise<void>;
   private lastReclaim = 0;
+  private redoOwn = true;
 
   constructor(
     redis: Redis,
@@ -159,14 +160,20 @@ export class RedisQueue implements IngestQueue {
           this.lastReclaim = Date.now();
           await this.reclaim();
         }
-        const res = (await reader.xreadgroup('GROUP', this.group, this.consumer, 'COUNT', 4, 'BLOCK', 500, 'STREAMS', this.stream, '>')) as [string, StreamEntry[]][] | null;
+        // After a failure, first redo this consumer's own pending entries (id 0 reads them back).
+        const from = this.redoOwn ? '0' : '>';
+        const res = (await reader.xreadgroup('GROUP', this.group, this.consumer, 'COUNT', 4, ...(from === '>' ? ['BLOCK', 500] : []), 'STREAMS', this.stream, from)) as
+          | [string, StreamEntry[]][]
+          | null;
+        if (from === '0' && (!res || res.every(([, entries]) => entries.length === 0))) this.redoOwn = false;
         if (!res) continue;
         for (const [, entries] of res) for (const e of entries) await this.process(e);
       } catch (err) {
         const msg = err instanceof Error ? err.message : String(err);
         if (msg.includes('NOGROUP')) await this.ensureGroup().catch(() => undefined);
         else if (!(err instanceof AppError)) this.logger.warn({ err: msg }, 'async ingestion consumer failed; retrying');
-        // An entry that failed stays pending; it is redone by the reclaim pass.
+        // An entry that failed stays pending in this consumer's list; it is redone next.
+        this.redoOwn = true;
         if (this.running) await new Promise((r) => setTimeout(r, 1000));
       }
     }

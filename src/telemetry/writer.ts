@@ -247,7 +247,12 @@ export class PartitionCache {
 
   /** @param day days since 1970-01-01 (UTC) */
   async ensureDay(day: number, on?: pg.PoolClient): Promise<void> {
-    await (on ?? this.db.pool).query('SELECT ensure_telemetry_partition($1::date)', [new Date(day * 86_400_000).toISOString().slice(0, 10)]);
+    try {
+      await (on ?? this.db.pool).query('SELECT ensure_telemetry_partition($1::date)', [new Date(day * 86_400_000).toISOString().slice(0, 10)]);
+    } catch (err) {
+      // 42P07: another session created it at the same moment.
+      if ((err as { code?: string }).code !== '42P07') throw err;
+    }
     this.known.add(day);
   }
 
