@@ -12,6 +12,7 @@ import { Metrics } from './metrics/metrics.js';
 import { JobRunner } from './jobs/runner.js';
 import { NodeRegistry } from './metadata/registry.js';
 import { createTelemetryIngestDomain } from './telemetry/index-ingest.js';
+import { createTelemetryExportDomain } from './telemetry/index-quality.js';
 import { createMetadataDomain } from './metadata/index.js';
 import { createOperationsDomain } from './operations/index.js';
 import { createRealtimeDomain } from './realtime/index.js';
@@ -108,6 +109,7 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
   // Domains, in dependency order. Each is built from `infra` and the domains it uses.
   const domains: Domain[] = [];
   domains.push(createTelemetryIngestDomain(infra));
+  domains.push(createTelemetryExportDomain(infra));
   const metadata = createMetadataDomain(infra);
   domains.push(metadata);
   domains.push(createOperationsDomain(infra));
