@@ -32,6 +32,13 @@ export function createPool(url: string, opts: PoolOptions = {}): pg.Pool {
   });
   // An idle client's connection can die (database restart); the pool drops it and must not crash the process.
   pool.on('error', (err) => opts.onError?.(err));
+  // pg-pool listens for errors only on idle clients. A checked-out client between two queries
+  // (a queue consumer, a job, a transaction) that loses its connection when PostgreSQL stops
+  // would emit an unhandled 'error' and kill the process. Its holder sees the failure on its
+  // next query instead, and release() drops the broken client from the pool.
+  pool.on('connect', (client) => {
+    client.on('error', () => undefined);
+  });
   return pool;
 }
 
