@@ -3,6 +3,8 @@ import assert from 'node:assert/strict';
 import { createTestApp, KEYS, type TestApp } from './support/app.js';
 import { createNodes, refMerkleRoot, refRecordHash, refRootFromProof, sql } from './transactions-reference.js';
 import { inclusionProof, merkleRoot, rootFromProof } from '../src/transactions/merkle.js';
+import { TransactionsService } from '../src/transactions/service.js';
+import { Metrics } from '../src/metrics/metrics.js';
 
 const ZERO = '0'.repeat(64);
 
@@ -95,5 +97,33 @@ describe('merkle trees against the reference', () => {
         if (n > 1) assert.notEqual(refRootFromProof(hashes[(i + 1) % n], p), root);
       }
     }
+  });
+});
+
+describe('transactions: optimistic and locked writers together', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+    await createNodes(t.databaseUrl, ['wind-1'], () => t.container.nodes.reloadAll());
+  });
+  after(async () => t?.close());
+
+  test('a lock-only writer and two optimistic writers interleave into one intact chain', async () => {
+    const c = t.container;
+    const make = (optimisticAttempts: number | undefined, maxGroupSize: number) =>
+      new TransactionsService({ db: c.db, pubsub: c.pubsub, nodes: c.nodes, metrics: new Metrics({ defaults: false }), logger: c.logger, unknownNodes: 'reject', retentionDays: 730, optimisticAttempts, maxGroupSize });
+    const writers = [make(0, 3), make(undefined, 1), make(undefined, 7)];
+    const results = await Promise.all(
+      Array.from({ length: 90 }, (_, i) =>
+        writers[i % 3].append({ transactionId: `w-${i % 45}`, nodeId: 'wind-1', type: 'bid', timestamp: Date.UTC(2026, 10, 27, 0, i % 45), status: 'pending', priceEurMwh: i % 45 }),
+      ),
+    );
+    // 45 distinct keys, each sent twice through different writers: 45 records.
+    assert.equal(results.filter((r) => r.created).length, 45);
+    const rows = await sql<{ sequence: number }>(t.databaseUrl, 'SELECT sequence::int FROM transactions ORDER BY sequence');
+    assert.deepEqual(rows.map((r) => r.sequence), Array.from({ length: 45 }, (_, i) => i + 1));
+    const v = await writers[0].verify();
+    assert.deepEqual([v.ok, v.checked], [true, 45]);
+    for (const r of results) assert.equal(refRecordHash({ ...r.record }), r.record.hash);
   });
 });

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Counter, Histogram } from 'prom-client';
 import type { Logger } from 'pino';
 import type { PubSub } from '../cache/types.js';
-import type { Db } from '../db/pool.js';
+import type { Db, Queryable } from '../db/pool.js';
 import { withTransaction } from '../db/pool.js';
 import { badRequest, conflict, notFound, type AppError, type ErrorDetail } from '../http/errors.js';
 import { parseTime } from '../http/time.js';
@@ -122,6 +122,8 @@ export interface TransactionsServiceDeps {
   retentionDays: number;
   /** Most appends committed in one database transaction. */
   maxGroupSize?: number;
+  /** Optimistic tries before a group is committed under the head row lock (0: always locked). */
+  optimisticAttempts?: number;
 }
 
 const VERIFY_CHUNK = 5000;
@@ -144,10 +146,14 @@ export class TransactionsService {
   private readonly maxGroup: number;
   private readonly appended: Counter<'outcome'>;
   private readonly groupSize: Histogram;
+  private readonly lockedFallbacks: Counter;
+  /** The chain head as this instance last wrote or read it; undefined when it must be re-read. */
+  private head: store.ChainHead | undefined;
 
   constructor(private readonly deps: TransactionsServiceDeps) {
     this.maxGroup = deps.maxGroupSize ?? 500;
     this.appended = new Counter({ name: 'transactions_appends_total', help: 'Append requests by outcome (created, duplicate, conflict, invalid)', labelNames: ['outcome'], registers: [deps.metrics.registry] });
+    this.lockedFallbacks = new Counter({ name: 'transactions_append_locked_fallbacks_total', help: 'Append groups that lost the optimistic race repeatedly and were committed under the head row lock', registers: [deps.metrics.registry] });
     this.groupSize = new Histogram({ name: 'transactions_append_group_size', help: 'Records committed per database transaction by the group writer', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512], registers: [deps.metrics.registry] });
   }
 
@@ -181,97 +187,48 @@ export class TransactionsService {
     });
   }
 
+  /**
+   * Commits one group. The usual path is optimistic and costs one round trip (two when the group
+   * carries idempotency keys or references): the group is chained onto the head this instance
+   * last saw, and written by a single autocommit statement that moves the head only if it is
+   * still that one (the head row's lock serialises writers of all instances). If another
+   * instance moved the head meanwhile nothing is written, the head is re-read and the group
+   * re-planned. After a few lost races the group is committed under `SELECT … FOR UPDATE` of the
+   * head instead, which always makes progress.
+   */
   private async commitGroup(group: Pending[]): Promise<void> {
-    type Outcome = { kind: 'created' | 'duplicate'; record: TransactionRecord } | { kind: 'error'; error: AppError };
-    let outcomes: Outcome[];
-    let created: TransactionRecord[] = [];
+    let plan: GroupPlan | undefined;
     try {
-      outcomes = await this.deps.metrics.timeStore('transactions', 'append_group', () =>
-        withTransaction(this.deps.db.pool, async (client) => {
+      plan = await this.deps.metrics.timeStore('transactions', 'append_group', async () => {
+        const pool = this.deps.db.pool;
+        for (let attempt = 0; attempt < (this.deps.optimisticAttempts ?? OPTIMISTIC_ATTEMPTS); attempt++) {
+          const head = this.head ?? (this.head = await store.readHead(pool));
+          const p = planGroup(group, head, await lookup(pool, group), Date.now());
+          if (p.rows.length === 0) return p;
+          if (await store.appendIfHead(pool, head, p.rows, p.newHead)) {
+            this.head = p.newHead;
+            return p;
+          }
+          this.head = undefined;
+        }
+        this.lockedFallbacks.inc();
+        return withTransaction(pool, async (client) => {
           const head = await store.lockHead(client);
-          const keys = [...new Set(group.map((p) => p.input.transactionId).filter((k): k is string => k !== null))];
-          const existing = new Map((await store.findByTransactionIds(client, keys)).map((s) => [s.record.transactionId as string, s]));
-          const refIds = group.map((p) => p.input.relatesTo).filter((r): r is string => r !== null && UUID.test(r));
-          const refKeys = group.map((p) => p.input.relatesTo).filter((r): r is string => r !== null);
-          const refRows = await store.findRefs(client, [...new Set(refIds.map((r) => r.toLowerCase()))], [...new Set(refKeys)]);
-          const refById = new Map(refRows.map((r) => [r.id, r]));
-          const refByKey = new Map(refRows.filter((r) => r.transaction_id !== null).map((r) => [r.transaction_id as string, r]));
-
-          let seq = head.lastSequence;
-          let prev = head.lastHash;
-          // recordedAt never goes backwards along the chain, even if two instances' transactions see clocks apart.
-          const recordedAt = Math.max(head.now, head.lastRecordedAt ?? 0);
-          const rows: store.NewRow[] = [];
-          const out: Outcome[] = [];
-          for (const p of group) {
-            const key = p.input.transactionId;
-            if (key !== null) {
-              const prior = existing.get(key);
-              if (prior) {
-                if (prior.requestHash === p.requestHash) out.push({ kind: 'duplicate', record: prior.record });
-                else out.push({ kind: 'error', error: conflict(`transactionId "${key}" was already used with a different body (record ${prior.record.id}, sequence ${prior.record.sequence})`, 'TRANSACTION_ID_CONFLICT') });
-                continue;
-              }
-            }
-            let relatesTo: string | null = null;
-            if (p.input.relatesTo !== null) {
-              const ref = p.input.relatesTo;
-              const target = (UUID.test(ref) ? refById.get(ref.toLowerCase()) : undefined) ?? refByKey.get(ref);
-              if (!target) {
-                out.push({ kind: 'error', error: badRequest(`relatesTo "${ref}" names no record in the log`, [{ path: '/relatesTo', message: 'no such record' }], 'INVALID_RELATES_TO') });
-                continue;
-              }
-              if (target.node_id !== p.input.nodeId) {
-                out.push({ kind: 'error', error: badRequest(`relatesTo "${ref}" is a record of node ${target.node_id}, not ${p.input.nodeId}`, [{ path: '/relatesTo', message: 'record of another node' }], 'INVALID_RELATES_TO') });
-                continue;
-              }
-              relatesTo = target.id;
-            }
-            seq += 1;
-            const fields = {
-              sequence: seq,
-              id: randomUUID(),
-              transactionId: key,
-              nodeId: p.input.nodeId,
-              type: p.input.type,
-              timestamp: p.input.timestamp,
-              market: p.input.market,
-              energyKwh: p.input.energyKwh,
-              powerKw: p.input.powerKw,
-              priceEurMwh: p.input.priceEurMwh,
-              amountEur: p.input.amountEur,
-              status: p.input.status,
-              relatesTo,
-              details: p.input.details,
-              recordedAt: new Date(recordedAt).toISOString(),
-            };
-            const hash = recordHash(prev, fields);
-            const record: TransactionRecord = { ...fields, prevHash: prev, hash };
-            prev = hash;
-            rows.push({ record, requestHash: p.requestHash });
-            out.push({ kind: 'created', record });
-            // Later members of this group may retry this key or relate to this record.
-            if (key !== null) {
-              existing.set(key, { record, requestHash: p.requestHash });
-              refByKey.set(key, { id: record.id, transaction_id: key, node_id: record.nodeId });
-            }
-            refById.set(record.id, { id: record.id, transaction_id: key, node_id: record.nodeId });
-          }
-          if (rows.length > 0) {
-            await store.insertRecords(client, rows);
-            await store.updateHead(client, seq, prev, recordedAt);
-          }
-          created = rows.map((r) => r.record);
-          return out;
-        }),
-      );
+          const p = planGroup(group, head, await lookup(client, group), head.now);
+          if (p.rows.length > 0 && !(await store.appendIfHead(client, head, p.rows, p.newHead))) throw new Error('chain head moved while locked');
+          this.head = p.rows.length > 0 ? p.newHead : head;
+          return p;
+        });
+      });
     } catch (err) {
+      // Whether the last write landed is unknown: re-read the head next time.
+      this.head = undefined;
       for (const p of group) p.reject(err);
       return;
     }
-    this.groupSize.observe(created.length);
+    this.groupSize.observe(plan.rows.length);
     group.forEach((p, i) => {
-      const o = outcomes[i];
+      const o = plan.outcomes[i];
       if (o.kind === 'error') {
         this.appended.inc({ outcome: o.error.statusCode === 409 ? 'conflict' : 'invalid' });
         p.reject(o.error);
@@ -280,7 +237,7 @@ export class TransactionsService {
         p.resolve({ record: o.record, created: o.kind === 'created' });
       }
     });
-    for (const r of created) {
+    for (const { record: r } of plan.rows) {
       this.deps.pubsub
         .publish(TRANSACTIONS_APPENDED_CHANNEL, JSON.stringify({ nodeId: r.nodeId, type: r.type, timestamp: r.timestamp }))
         .catch((err: unknown) => this.deps.logger.warn({ err }, 'transactions.appended publish failed'));
@@ -559,6 +516,103 @@ export class TransactionsService {
     const head = await store.readHead(this.deps.db.readPool);
     return { lastSequence: head.lastSequence, lastAnchoredSequence: await store.lastAnchoredSequence(this.deps.db.readPool) };
   }
+}
+
+const OPTIMISTIC_ATTEMPTS = 4;
+
+type Outcome = { kind: 'created' | 'duplicate'; record: TransactionRecord } | { kind: 'error'; error: AppError };
+
+interface GroupPlan {
+  outcomes: Outcome[];
+  rows: store.NewRow[];
+  newHead: store.ChainHead;
+}
+
+interface Lookups {
+  existing: Map<string, store.StoredRecord>;
+  refById: Map<string, store.RefRow>;
+  refByKey: Map<string, store.RefRow>;
+}
+
+/** Records a group's idempotency keys and references name (nothing to ask when there are none). */
+async function lookup(q: Queryable, group: Pending[]): Promise<Lookups> {
+  const keys = [...new Set(group.map((p) => p.input.transactionId).filter((k): k is string => k !== null))];
+  const refs = [...new Set(group.map((p) => p.input.relatesTo).filter((r): r is string => r !== null))];
+  const found = await store.findKeysAndRefs(q, keys, refs.filter((r) => UUID.test(r)).map((r) => r.toLowerCase()), refs);
+  const existing = new Map<string, store.StoredRecord>();
+  for (const s of found.byKey) existing.set(s.record.transactionId as string, s);
+  return {
+    existing,
+    refById: new Map(found.refs.map((r) => [r.id, r])),
+    refByKey: new Map(found.refs.filter((r) => r.transaction_id !== null).map((r) => [r.transaction_id as string, r])),
+  };
+}
+
+/** Decides each member's fate and chains the new records onto `head`. Pure: no I/O. */
+function planGroup(group: Pending[], head: store.ChainHead, found: Lookups, nowMs: number): GroupPlan {
+  const { existing, refById, refByKey } = found;
+  let seq = head.lastSequence;
+  let prev = head.lastHash;
+  // recordedAt never goes backwards along the chain, whatever the clocks of the instances.
+  const recordedAt = Math.max(nowMs, head.lastRecordedAt ?? 0);
+  const rows: store.NewRow[] = [];
+  const outcomes: Outcome[] = [];
+  for (const p of group) {
+    const key = p.input.transactionId;
+    if (key !== null) {
+      const prior = existing.get(key);
+      if (prior) {
+        if (prior.requestHash === p.requestHash) outcomes.push({ kind: 'duplicate', record: prior.record });
+        else outcomes.push({ kind: 'error', error: conflict(`transactionId "${key}" was already used with a different body (record ${prior.record.id}, sequence ${prior.record.sequence})`, 'TRANSACTION_ID_CONFLICT') });
+        continue;
+      }
+    }
+    let relatesTo: string | null = null;
+    if (p.input.relatesTo !== null) {
+      const ref = p.input.relatesTo;
+      const target = (UUID.test(ref) ? refById.get(ref.toLowerCase()) : undefined) ?? refByKey.get(ref);
+      if (!target) {
+        outcomes.push({ kind: 'error', error: badRequest(`relatesTo "${ref}" names no record in the log`, [{ path: '/relatesTo', message: 'no such record' }], 'INVALID_RELATES_TO') });
+        continue;
+      }
+      if (target.node_id !== p.input.nodeId) {
+        outcomes.push({ kind: 'error', error: badRequest(`relatesTo "${ref}" is a record of node ${target.node_id}, not ${p.input.nodeId}`, [{ path: '/relatesTo', message: 'record of another node' }], 'INVALID_RELATES_TO') });
+        continue;
+      }
+      relatesTo = target.id;
+    }
+    seq += 1;
+    const fields = {
+      sequence: seq,
+      id: randomUUID(),
+      transactionId: key,
+      nodeId: p.input.nodeId,
+      type: p.input.type,
+      timestamp: p.input.timestamp,
+      market: p.input.market,
+      energyKwh: p.input.energyKwh,
+      powerKw: p.input.powerKw,
+      priceEurMwh: p.input.priceEurMwh,
+      amountEur: p.input.amountEur,
+      status: p.input.status,
+      relatesTo,
+      details: p.input.details,
+      recordedAt: new Date(recordedAt).toISOString(),
+    };
+    const hash = recordHash(prev, fields);
+    const record: TransactionRecord = { ...fields, prevHash: prev, hash };
+    prev = hash;
+    rows.push({ record, requestHash: p.requestHash });
+    outcomes.push({ kind: 'created', record });
+    // Later members of this group may retry this key or relate to this record.
+    const ref = { id: record.id, transaction_id: key, node_id: record.nodeId };
+    if (key !== null) {
+      existing.set(key, { record, requestHash: p.requestHash });
+      refByKey.set(key, ref);
+    }
+    refById.set(record.id, ref);
+  }
+  return { outcomes, rows, newHead: { lastSequence: seq, lastHash: prev, lastRecordedAt: rows.length > 0 ? recordedAt : head.lastRecordedAt, now: nowMs } };
 }
 
 function normNumber(v: number | undefined): number | null {

@@ -72,44 +72,20 @@ export async function lockHead(q: Queryable): Promise<ChainHead> {
   return { lastSequence: r.last_sequence, lastHash: r.last_hash, lastRecordedAt: r.last_recorded_at?.getTime(), now: r.now.getTime() };
 }
 
-export async function readHead(q: Queryable): Promise<{ lastSequence: number; lastHash: string }> {
-  const { rows } = await q.query<{ last_sequence: number; last_hash: string }>('SELECT last_sequence, last_hash FROM transaction_chain_head');
-  return { lastSequence: rows[0].last_sequence, lastHash: rows[0].last_hash };
-}
-
-export async function updateHead(q: Queryable, sequence: number, hash: string, recordedAt: number): Promise<void> {
-  await q.query('UPDATE transaction_chain_head SET last_sequence = $1, last_hash = $2, last_recorded_at = $3', [sequence, hash, new Date(recordedAt)]);
-}
-
-export async function findByTransactionIds(q: Queryable, keys: string[]): Promise<StoredRecord[]> {
-  if (keys.length === 0) return [];
-  const { rows } = await q.query<TransactionRow>(`SELECT ${COLUMNS} FROM transactions WHERE transaction_id = ANY($1::text[])`, [keys]);
-  return rows.map((r) => ({ record: rowToRecord(r), requestHash: r.request_hash }));
-}
-
-export interface RefRow {
-  id: string;
-  transaction_id: string | null;
-  node_id: string;
-}
-
-/** Records that `relatesTo` values may name: by record id (UUIDs) or by idempotency key. */
-export async function findRefs(q: Queryable, ids: string[], keys: string[]): Promise<RefRow[]> {
-  if (ids.length === 0 && keys.length === 0) return [];
-  const { rows } = await q.query<RefRow>(
-    'SELECT id, transaction_id, node_id FROM transactions WHERE id = ANY($1::uuid[]) OR transaction_id = ANY($2::text[])',
-    [ids, keys],
+export async function readHead(q: Queryable): Promise<ChainHead> {
+  const { rows } = await q.query<{ last_sequence: number; last_hash: string; last_recorded_at: Date | null; now: Date }>(
+    'SELECT last_sequence, last_hash, last_recorded_at, clock_timestamp() AS now FROM transaction_chain_head',
   );
-  return rows;
+  const r = rows[0];
+  return { lastSequence: r.last_sequence, lastHash: r.last_hash, lastRecordedAt: r.last_recorded_at?.getTime(), now: r.now.getTime() };
 }
 
-export interface NewRow {
-  record: TransactionRecord;
-  requestHash: string;
-}
-
-/** One multi-row INSERT for a whole group of appends. */
-export async function insertRecords(q: Queryable, rows: NewRow[]): Promise<void> {
+/**
+ * Writes a group of chained records and moves the head, in one statement, only if the head is
+ * still `expected`. Returns false (and writes nothing) when another writer moved it first.
+ * Outside a transaction the statement commits on its own.
+ */
+export async function appendIfHead(q: Queryable, expected: ChainHead, rows: NewRow[], next: ChainHead): Promise<boolean> {
   const cols: unknown[][] = Array.from({ length: 18 }, () => []);
   for (const { record: r, requestHash } of rows) {
     const values = [
@@ -118,13 +94,46 @@ export async function insertRecords(q: Queryable, rows: NewRow[]): Promise<void>
     ];
     values.forEach((v, i) => cols[i].push(v));
   }
-  await q.query(
-    `INSERT INTO transactions (${COLUMNS})
+  const res = await q.query(
+    `WITH moved AS (
+       UPDATE transaction_chain_head SET last_sequence = $19, last_hash = $20, last_recorded_at = $21
+       WHERE last_sequence = $22 AND last_hash = $23
+       RETURNING 1
+     )
+     INSERT INTO transactions (${COLUMNS})
      SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],
        $8::float8[], $9::float8[], $10::float8[], $11::float8[], $12::text[], $13::uuid[], $14::jsonb[], $15::timestamptz[],
-       $16::text[], $17::text[], $18::text[])`,
-    cols,
+       $16::text[], $17::text[], $18::text[])
+     WHERE EXISTS (SELECT 1 FROM moved)`,
+    [...cols, next.lastSequence, next.lastHash, new Date(next.lastRecordedAt ?? next.now), expected.lastSequence, expected.lastHash],
   );
+  return res.rowCount === rows.length;
+}
+
+/** In one query: records holding any of `keys` (idempotency), and records `relatesTo` values may name (by id or by key). */
+export async function findKeysAndRefs(q: Queryable, keys: string[], refIds: string[], refKeys: string[]): Promise<{ byKey: StoredRecord[]; refs: RefRow[] }> {
+  if (keys.length === 0 && refIds.length === 0 && refKeys.length === 0) return { byKey: [], refs: [] };
+  const { rows } = await q.query<TransactionRow>(
+    `SELECT ${COLUMNS} FROM transactions
+     WHERE transaction_id = ANY($1::text[]) OR id = ANY($2::uuid[]) OR transaction_id = ANY($3::text[])`,
+    [keys, refIds, refKeys],
+  );
+  const wanted = new Set(keys);
+  return {
+    byKey: rows.filter((r) => r.transaction_id !== null && wanted.has(r.transaction_id)).map((r) => ({ record: rowToRecord(r), requestHash: r.request_hash })),
+    refs: rows.map((r) => ({ id: r.id, transaction_id: r.transaction_id, node_id: r.node_id })),
+  };
+}
+
+export interface RefRow {
+  id: string;
+  transaction_id: string | null;
+  node_id: string;
+}
+
+export interface NewRow {
+  record: TransactionRecord;
+  requestHash: string;
 }
 
 export async function getById(q: Queryable, id: string): Promise<TransactionRecord | undefined> {
