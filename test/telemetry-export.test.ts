@@ -520,3 +520,57 @@ describe('telemetry export over HTTP: big ranges, constant memory, client abort'
     assert.equal(ok.statusCode, 200);
   });
 });
+
+describe('telemetry export end to end through ingestion', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+    await addNode(t, 'e2e-b');
+    await addNode(t, 'e2e-a');
+    await t.container.nodes.reloadAll();
+  });
+  after(async () => t?.close());
+
+  test('readings posted in a batch come back exactly, with corrections applied', async () => {
+    const base = Math.floor(Date.now() / 60_000) * 60_000 - 20 * 60_000;
+    const sent: Record<string, unknown>[] = [];
+    for (const nodeId of ['e2e-b', 'e2e-a']) {
+      for (let k = 0; k < 10; k++) {
+        const r: Record<string, unknown> = { nodeId, timestamp: new Date(base + k * 60_000).toISOString(), powerKw: (k - 4.5) * 10.1 };
+        if (k % 2 === 0) r.voltageV = 399.9 + k;
+        if (k % 3 === 0) r.stateOfChargePct = 12.5 * (k / 3);
+        if (k === 4) r.extra = { alarms: ['a,b', 'quote "q"'], phaseL1V: 230.1 };
+        if (k === 5) r.healthStatus = 'warning';
+        if (k === 6) r.quality = 'estimated';
+        sent.push(r);
+      }
+    }
+    const post = await t.request({ method: 'POST', url: '/api/telemetry/batch', key: KEYS.writer, payload: { readings: sent } });
+    assert.equal(post.statusCode, 200, post.body);
+    assert.equal(post.json().stored, 20);
+    // A correction replaces the stored reading: the export shows the new values.
+    const corrected = { nodeId: 'e2e-a', timestamp: new Date(base + 3 * 60_000).toISOString(), powerKw: 7.25, temperatureC: -3.5 };
+    const fix = await t.request({ method: 'POST', url: '/api/telemetry/batch', key: KEYS.writer, payload: { readings: [corrected] } });
+    assert.equal(fix.statusCode, 200, fix.body);
+    const expectedReadings: Record<string, unknown>[] = sent.map((r) => (r.nodeId === corrected.nodeId && r.timestamp === corrected.timestamp ? corrected : r));
+    expectedReadings.sort((a, b) => (a.nodeId === b.nodeId ? Date.parse(a.timestamp as string) - Date.parse(b.timestamp as string) : (a.nodeId as string) < (b.nodeId as string) ? -1 : 1));
+
+    const nd = await t.request({ method: 'GET', url: `/api/telemetry/export?nodeIds=e2e-b,e2e-a&from=${base}&to=${base + HOUR_MS}&format=ndjson`, key: KEYS.read });
+    assert.equal(nd.statusCode, 200, nd.body);
+    const lines = nd.body.trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.equal(lines.length, 20);
+    lines.forEach((l, i) => assert.deepEqual(l, { ...expectedReadings[i], timestamp: new Date(Date.parse(expectedReadings[i].timestamp as string)).toISOString() }));
+
+    const csv = await t.request({ method: 'GET', url: `/api/telemetry/export?nodeIds=e2e-a,e2e-b&from=${base}&to=${base + HOUR_MS}&fields=powerKw,temperatureC,extra`, key: KEYS.read });
+    const rows = parseCsv(csv.body);
+    assert.equal(rows.length, 21);
+    expectedReadings.forEach((r, i) => {
+      assert.equal(rows[i + 1][0], r.nodeId);
+      assert.equal(Number(rows[i + 1][2]), r.powerKw);
+      assert.equal(rows[i + 1][3], r.temperatureC === undefined ? '' : String(r.temperatureC));
+      assert.deepEqual(rows[i + 1][4] === '' ? undefined : JSON.parse(rows[i + 1][4]), r.extra);
+    });
+  });
+});
+
+const HOUR_MS = 3_600_000;
