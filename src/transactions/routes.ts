@@ -7,10 +7,9 @@ import { requireTime } from '../http/time.js';
 import { TRANSACTION_STATUSES, TRANSACTION_TYPES, type TransactionRecord, type TransactionType } from './canonical.js';
 import type { TransactionsService } from './service.js';
 
-/** A JSON-Schema type that also admits null (plain `type: [t, "null"]`: cheap to serialise, clear in OpenAPI). */
+/** A type that also admits null, as OpenAPI 3.0's `nullable` (understood by Ajv and the response serialiser too). */
 function Nullable<T extends TSchema>(schema: T) {
-  const s = schema as unknown as Record<string, unknown>;
-  return Type.Unsafe<Static<T> | null>({ ...s, type: [s.type, 'null'] });
+  return Type.Unsafe<Static<T> | null>({ ...(schema as unknown as Record<string, unknown>), nullable: true });
 }
 
 const Amount = (description: string) => Type.Number({ minimum: -1e12, maximum: 1e12, description });

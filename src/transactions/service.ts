@@ -363,9 +363,15 @@ export class TransactionsService {
       let checked = 0;
       let expectedSeq = from;
       const broken = (sequence: number, reason: string): VerifyResult => ({ ...base, ok: false, checked, firstBrokenSequence: sequence, reason });
+      // The next chunk is fetched while this one is hashed.
+      let pending = store.readChunk(q, from - 1, to, VERIFY_CHUNK);
       for (let after = from - 1; after < to; ) {
-        const chunk = await store.readChunk(q, after, to, VERIFY_CHUNK);
+        const chunk = await pending;
         if (chunk.length === 0) return broken(expectedSeq, `record ${expectedSeq} is missing`);
+        const last = chunk[chunk.length - 1].sequence;
+        pending = last < to ? store.readChunk(q, last, to, VERIFY_CHUNK) : Promise.resolve([]);
+        // A failure below returns early; the prefetch must not become an unhandled rejection.
+        pending.catch(() => undefined);
         for (const r of chunk) {
           if (r.sequence !== expectedSeq) return broken(expectedSeq, `record ${expectedSeq} is missing (next stored is ${r.sequence})`);
           if (r.prevHash !== expectedPrev) return broken(r.sequence, 'prevHash does not match the hash of the record before');
@@ -389,7 +395,7 @@ export class TransactionsService {
           expectedSeq++;
           checked++;
         }
-        after = chunk[chunk.length - 1].sequence;
+        after = last;
       }
       if (to === head.lastSequence && expectedPrev !== head.lastHash) {
         return broken(to, 'the chain head does not match the last record');
