@@ -323,6 +323,14 @@ describe('telemetry export', () => {
     assert.equal(total, fileTotal);
   });
 
+  test('both routes are in the OpenAPI document', async () => {
+    const r = await t.request({ method: 'GET', url: '/docs/openapi.json', key: null });
+    assert.equal(r.statusCode, 200);
+    const paths = (r.json() as { paths: Record<string, unknown> }).paths;
+    assert.ok(paths['/api/telemetry/export'], 'export route missing from OpenAPI');
+    assert.ok(paths['/api/data-quality/{nodeId}'], 'data-quality route missing from OpenAPI');
+  });
+
   describe('bad input gets a 4xx envelope before the first byte', () => {
     const cases: [string, string, number, string][] = [
       ['no nodeIds', `from=${T0}&to=${T0 + 1000}`, 400, 'VALIDATION_ERROR'],
