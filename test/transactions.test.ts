@@ -134,7 +134,7 @@ describe('transactions', () => {
       assert.ok(e.details.some((d: { path: string }) => d.path === pathWanted || d.path.startsWith(`${pathWanted}/d/`)), `${name}: wanted ${pathWanted}, got ${JSON.stringify(e.details)}`);
     }
     // Bodies JSON cannot carry as numbers: 1e400 parses to Infinity.
-    for (const raw of ['{"nodeId":"bat-1","type":"bid","timestamp":"2026-11-27T10:00:00Z","status":"pending","amountEur":1e400}', '{"nodeId":', '']) {
+    for (const raw of ['{"nodeId":"bat-1","type":"bid","timestamp":"2026-11-27T10:00:00Z","status":"pending","amountEur":1e400}', '{"nodeId":', '', '{"__proto__":{"admin":true},"nodeId":"bat-1","type":"bid","timestamp":"2026-11-27T10:00:00Z","status":"pending"}']) {
       const r = await t.request({ method: 'POST', url: '/api/transactions', payload: raw, headers: { 'content-type': 'application/json' }, key: KEYS.transactions });
       assert.equal(r.statusCode, 400, `${raw}: ${r.body}`);
       assert.equal(typeof r.json().error.code, 'string');
@@ -346,7 +346,8 @@ describe('transactions', () => {
     assert.equal(anchor.toSequence, recs.length);
     assert.equal(anchor.merkleRoot, refMerkleRoot(recs.map((r) => r.hash)));
 
-    const again = await t.request({ method: 'POST', url: '/api/transactions/anchors' });
+    // An empty body sent as JSON is no body at all.
+    const again = await t.request({ method: 'POST', url: '/api/transactions/anchors', payload: '', headers: { 'content-type': 'application/json' } });
     assert.equal(again.statusCode, 409);
     assert.equal(again.json().error.code, 'NOTHING_TO_ANCHOR');
 

@@ -110,6 +110,16 @@ const tags = ['transactions'];
 
 export function transactionsRoutes(service: TransactionsService): FastifyPluginAsyncTypebox {
   return async (app) => {
+    // Scoped to these routes: an empty body sent with `Content-Type: application/json` counts as
+    // no body (so a bare "close the batch" POST works from any client); anything else goes to
+    // Fastify's own parser with its prototype-poisoning protections.
+    const json = app.getDefaultJsonParser('error', 'error');
+    app.removeContentTypeParser('application/json');
+    app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+      if (typeof body === 'string' && body.trim() === '') done(null, undefined);
+      else json(req, String(body), done);
+    });
+
     app.post(
       '/api/transactions',
       {
