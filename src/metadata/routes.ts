@@ -9,6 +9,8 @@ import { HistoryEntryView, NearbyNodeView, NodeInput, NodeStatusSchema, NodeType
 const BODY_LIMIT_BYTES = 64 * 1024;
 
 const NodeParams = Type.Object({ nodeId: NodeId });
+// A misspelt query parameter (`?stauts=active`) would otherwise be ignored and return the wrong list.
+const STRICT = { additionalProperties: false } as const;
 const MergePatch = Type.Object({}, { additionalProperties: true, description: 'RFC 7396 JSON merge patch of the node (application/merge-patch+json or application/json)' });
 
 function changedBy(req: FastifyRequest): string | null {
@@ -99,7 +101,7 @@ export function metadataRoutes(service: MetadataService): FastifyPluginAsyncType
             order: Type.Optional(StringEnum(['desc', 'asc'] as const, { default: 'desc', description: 'desc: newest first (default); asc: oldest first' })),
             limit: Type.Optional(Limit),
             cursor: Type.Optional(Cursor),
-          }),
+          }, STRICT),
           response: { 200: Paginated(HistoryEntryView), ...errorResponses },
         },
       },
@@ -113,7 +115,7 @@ export function metadataRoutes(service: MetadataService): FastifyPluginAsyncType
         schema: {
           tags: ['nodes'],
           summary: 'active nodes, in nodeId order',
-          querystring: Type.Object({ type: Type.Optional(NodeTypeSchema), limit: Type.Optional(Limit), cursor: Type.Optional(Cursor) }),
+          querystring: Type.Object({ type: Type.Optional(NodeTypeSchema), limit: Type.Optional(Limit), cursor: Type.Optional(Cursor) }, STRICT),
           response: { 200: Paginated(NodeView), ...errorResponses },
         },
       },
@@ -128,7 +130,7 @@ export function metadataRoutes(service: MetadataService): FastifyPluginAsyncType
           tags: ['nodes'],
           summary: 'nodes of one technology type, in nodeId order',
           params: Type.Object({ type: NodeTypeSchema }),
-          querystring: Type.Object({ status: Type.Optional(NodeStatusSchema), limit: Type.Optional(Limit), cursor: Type.Optional(Cursor) }),
+          querystring: Type.Object({ status: Type.Optional(NodeStatusSchema), limit: Type.Optional(Limit), cursor: Type.Optional(Cursor) }, STRICT),
           response: { 200: Paginated(NodeView), ...errorResponses },
         },
       },
@@ -149,7 +151,7 @@ export function metadataRoutes(service: MetadataService): FastifyPluginAsyncType
             type: Type.Optional(NodeTypeSchema),
             limit: Type.Optional(Limit),
             cursor: Type.Optional(Cursor),
-          }),
+          }, STRICT),
           response: { 200: Paginated(NearbyNodeView), ...errorResponses },
         },
       },

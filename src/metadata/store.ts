@@ -177,26 +177,23 @@ export interface NearbyQuery {
   limit: number;
 }
 
-/**
- * Nodes within `radiusKm` (great circle, haversine) nearest first, ties by nodeId. The bounding
- * box narrows the scan through the (lat, lon) index; the exact distance decides.
- */
-export async function selectNearby(q: Queryable, query: NearbyQuery): Promise<(NodeRecord & { distanceKm: number })[]> {
+/** The SQL of `selectNearby`, separate so its plan can be inspected (tests, benchmarks). */
+export function nearbyStatement(query: NearbyQuery): { text: string; values: unknown[] } {
   const [r1, r2 = r1] = query.box.lonRanges;
-  const params: unknown[] = [query.lat, query.lon, query.radiusKm, query.box.latMin, query.box.latMax, r1[0], r1[1], r2[0], r2[1], query.limit + 1];
+  const values: unknown[] = [query.lat, query.lon, query.radiusKm, query.box.latMin, query.box.latMax, r1[0], r1[1], r2[0], r2[1], query.limit + 1];
   const extra: string[] = [];
   if (query.type !== undefined) {
-    params.push(query.type);
-    extra.push(`AND type = $${params.length}`);
+    values.push(query.type);
+    extra.push(`AND type = $${values.length}`);
   }
   if (query.after) {
-    params.push(query.after[0], query.after[1]);
-    const d = `$${params.length - 1}::float8`;
-    const id = `$${params.length}`;
+    values.push(query.after[0], query.after[1]);
+    const d = `$${values.length - 1}::float8`;
+    const id = `$${values.length}`;
     extra.push(`AND (distance_km > ${d} OR (distance_km = ${d} AND node_id COLLATE "C" > ${id}))`);
   }
-  const { rows } = await q.query<NodeRow & { distance_km: number }>(
-    `SELECT ${NODE_COLUMNS}, distance_km FROM (
+  // The lat/lon BETWEENs are the index condition on nodes_lat_lon; the haversine decides.
+  const text = `SELECT ${NODE_COLUMNS}, distance_km FROM (
        SELECT n.*, 2 * ${EARTH_RADIUS_KM} * asin(least(1, sqrt(
                 power(sin(radians(n.lat - $1::float8) / 2), 2)
                 + cos(radians($1::float8)) * cos(radians(n.lat)) * power(sin(radians(n.lon - $2::float8) / 2), 2)))) AS distance_km
@@ -206,8 +203,16 @@ export async function selectNearby(q: Queryable, query: NearbyQuery): Promise<(N
      ) c
      WHERE distance_km <= $3::float8 ${extra.join(' ')}
      ORDER BY distance_km, node_id COLLATE "C"
-     LIMIT $10`,
-    params,
-  );
+     LIMIT $10`;
+  return { text, values };
+}
+
+/**
+ * Nodes within `radiusKm` (great circle, haversine) nearest first, ties by nodeId. The bounding
+ * box narrows the scan through the (lat, lon) index; the exact distance decides.
+ */
+export async function selectNearby(q: Queryable, query: NearbyQuery): Promise<(NodeRecord & { distanceKm: number })[]> {
+  const { text, values } = nearbyStatement(query);
+  const { rows } = await q.query<NodeRow & { distance_km: number }>(text, values);
   return rows.map((r) => ({ ...nodeRowToRecord(r), distanceKm: r.distance_km }));
 }
