@@ -527,6 +527,25 @@ describe('telemetry export over HTTP: big ranges, constant memory, client abort'
     const ok = await t.request({ method: 'GET', url: `/api/telemetry/export?nodeIds=big-0&from=${START}&to=${START + 5000}`, key: KEYS.read });
     assert.equal(ok.statusCode, 200);
   });
+
+  test('closing the app cuts running exports instead of waiting for them', async () => {
+    const res = await open(exportUrl());
+    assert.equal(res.statusCode, 200);
+    res.pause();
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(await exportActivity(), 1);
+    const cut = new Promise<void>((resolve) => res.once('close', () => resolve()));
+    res.resume();
+    res.on('data', () => undefined);
+    res.on('error', () => undefined);
+    const t0 = Date.now();
+    await t.app.close();
+    await cut;
+    assert.ok(Date.now() - t0 < 5000, `app.close took ${Date.now() - t0} ms`);
+    assert.equal(res.complete, false, 'the export should have been cut short');
+    for (let i = 0; i < 50 && (await exportActivity()) > 0; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(await exportActivity(), 0);
+  });
 });
 
 describe('telemetry export end to end through ingestion', () => {

@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream';
 import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from 'typebox';
@@ -74,7 +75,12 @@ export function exportRoutes(infra: Infra, opts: ExportRouteOptions = {}): Fasti
     },
   });
 
+  const streams = new Set<Readable>();
   return async (fastify) => {
+    // Shutdown waits for in-flight requests; an export may run for many minutes, so cut it instead.
+    fastify.addHook('preClose', async () => {
+      for (const s of streams) s.destroy();
+    });
     const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
     app.get(
       '/api/telemetry/export',
@@ -115,7 +121,11 @@ export function exportRoutes(infra: Infra, opts: ExportRouteOptions = {}): Fasti
           active--;
           throw err;
         }
-        stream.once('close', () => active--);
+        streams.add(stream);
+        stream.once('close', () => {
+          active--;
+          streams.delete(stream);
+        });
         void reply
           .header('content-type', format === 'csv' ? 'text/csv; charset=utf-8' : 'application/x-ndjson; charset=utf-8')
           .header('cache-control', 'no-store');
