@@ -70,6 +70,21 @@ describe('transactions', () => {
     assert.equal(rec2.hash, refRecordHash(rec2));
   });
 
+  test('numbers and text that are easy to mangle survive storage with their hash intact', async () => {
+    const details = { sum: 0.1 + 0.2, tiny: 1e-7, huge: 1e21, least: 5e-324, big: Number("12345678901234567890"), neg0: -0, emoji: '⚡🔋', esc: 'tab\tquote"back\\slash\u0001', nested: { b: [true, false, null], a: {} }, '': 'empty key', 'é': 1, e: 2 };
+    const r = await post(tx({ nodeId: 'bat-2', energyKwh: 1e-7, powerKw: -0, priceEurMwh: 0.1 + 0.2, market: 'intraday ⚡', details }));
+    assert.equal(r.statusCode, 201, r.body);
+    const rec = r.json() as Rec;
+    assert.equal(rec.powerKw, 0);
+    assert.equal(rec.hash, refRecordHash(rec));
+    const stored = (await t.request({ method: 'GET', url: '/api/transactions/bat-2?limit=1' })).json().items[0] as Rec;
+    assert.equal(stored.id, rec.id);
+    assert.deepEqual(stored, rec);
+    assert.equal(refRecordHash(stored), rec.hash);
+    const v = (await t.request({ method: 'GET', url: `/api/transactions/verify?fromSequence=${rec.sequence}&toSequence=${rec.sequence}` })).json();
+    assert.deepEqual([v.ok, v.checked], [true, 1]);
+  });
+
   test('relatesTo: by id or transactionId of the same node; another node or unknown is 400', async () => {
     const base = (await post(tx({ transactionId: 'bid-77', type: 'bid', status: 'pending' }))).json() as Rec;
     const byId = await post(tx({ type: 'bid', status: 'accepted', relatesTo: base.id }));
