@@ -474,6 +474,24 @@ describe('transactions', () => {
   });
 });
 
+describe('transactions and the node registry', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+  });
+  after(async () => t?.close());
+
+  test('a node created after start (registry not told) is found on first use', async () => {
+    const body = tx({ nodeId: 'late-node-1' });
+    const before = await t.request({ method: 'POST', url: '/api/transactions', payload: body });
+    assert.equal(before.statusCode, 400);
+    assert.equal(before.json().error.code, 'UNKNOWN_NODE');
+    await sql(t.databaseUrl, `INSERT INTO nodes (node_id, type, status, capacity_kw, doc) VALUES ('late-node-1', 'wind', 'active', 10, '{}'::jsonb)`);
+    const r = await t.request({ method: 'POST', url: '/api/transactions', payload: body });
+    assert.equal(r.statusCode, 201, r.body);
+  });
+});
+
 describe('transactions with UNKNOWN_NODES=accept', () => {
   let t: TestApp;
   before(async () => {
