@@ -26,8 +26,6 @@ CREATE TABLE transactions (
 CREATE INDEX transactions_node_ts ON transactions (node_id, ts DESC, sequence DESC);
 -- Analytics: settlements per node and period.
 CREATE INDEX transactions_node_type_ts ON transactions (node_id, type, ts);
--- Follow-up chains (status changes, corrections) walked from the record they relate to.
-CREATE INDEX transactions_relates_to ON transactions (relates_to) WHERE relates_to IS NOT NULL;
 
 -- The tail of the chain, one row. Appends lock it FOR UPDATE, which serialises every writer of
 -- every instance; it also survives pruning (an empty table still knows where the chain ended).
