@@ -125,6 +125,38 @@ describe('operations: partitions, retention, archive, restore', () => {
     assert.equal((await t.container.jobs.runNow(OPERATIONS_JOBS.partitions)).outcome, 'ok');
   });
 
+  test('partitions are attached without blocking readers or writers of telemetry', async () => {
+    const pool = t.container.db.pool;
+    const future = today + 7 * DAY;
+    await pool.query(`DROP TABLE ${dayName(future)}`);
+    // A long reader holds ACCESS SHARE on telemetry: CREATE TABLE ... PARTITION OF would wait for it
+    // (and every insert would queue behind that wait); ATTACH PARTITION does not.
+    const reader = await pool.connect();
+    try {
+      await reader.query('BEGIN');
+      await reader.query('SELECT count(*) FROM telemetry');
+      const t0 = performance.now();
+      const s = await t.container.jobs.runNow(OPERATIONS_JOBS.partitions);
+      assert.equal(s.outcome, 'ok', s.error);
+      assert.ok(performance.now() - t0 < 1500, `job took ${Math.round(performance.now() - t0)} ms`);
+      await reader.query('COMMIT');
+    } finally {
+      reader.release();
+    }
+    const { rows } = await pool.query<{ bound: string }>(
+      `SELECT pg_get_expr(c.relpartbound, c.oid) AS bound FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid WHERE c.relname = $1 AND i.inhparent = 'telemetry'::regclass`,
+      [dayName(future)],
+    );
+    assert.equal(rows.length, 1, 'attached to telemetry');
+    assert.match(rows[0].bound, new RegExp(new Date(future).toISOString().slice(0, 10)));
+    // The primary key reached the new partition: a second identical insert conflicts.
+    const ts = new Date(future + 3_600_000);
+    await pool.query(`INSERT INTO telemetry (node_id, ts, power_kw) VALUES ('pk-check', $1, 1)`, [ts]);
+    const again = await pool.query(`INSERT INTO telemetry (node_id, ts, power_kw) VALUES ('pk-check', $1, 2) ON CONFLICT (node_id, ts) DO NOTHING`, [ts]);
+    assert.equal(again.rowCount, 0);
+    await pool.query(`DELETE FROM telemetry WHERE node_id = 'pk-check'`);
+  });
+
   test('an archive that cannot be written stops the drop; the data stays; /health shows the failure', async () => {
     const archiveDir = path.join(t.container.config.dataDir, 'archive');
     await mkdir(t.container.config.dataDir, { recursive: true });

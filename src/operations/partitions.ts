@@ -1,4 +1,4 @@
-import type { Queryable } from '../db/pool.js';
+import type pg from 'pg';
 
 /** Milliseconds in one UTC day. */
 export const DAY_MS = 86_400_000;
@@ -25,16 +25,46 @@ export function utcDayStart(ms: number): number {
  * Creates the daily partitions from yesterday through `daysAhead` days after today (UTC),
  * so ingestion never has to create one on its hot path at midnight. Yesterday is included
  * because late readings of the previous day keep arriving after midnight.
- * Returns the partition names ensured (existing or new).
+ *
+ * A missing partition is made as a plain table and then attached: ATTACH PARTITION takes a
+ * SHARE UPDATE EXCLUSIVE lock on `telemetry`, which inserts and reads do not conflict with,
+ * whereas CREATE TABLE ... PARTITION OF needs ACCESS EXCLUSIVE and, queued behind one long
+ * query, would stall every insert queued behind it. `lock_timeout` bounds the wait anyway;
+ * a day not created this turn is created on the next (they are made a week ahead).
+ * Serialised with `ensure_telemetry_partition` through the same advisory lock.
+ * Returns the partition names that exist afterwards.
  * @param daysAhead whole days after today, 0–366
  */
-export async function ensurePartitionsAhead(db: Queryable, now: number, daysAhead: number): Promise<string[]> {
+export async function ensurePartitionsAhead(pool: pg.Pool, now: number, daysAhead: number, lockTimeoutMs = 2000): Promise<string[]> {
   const today = utcDayStart(now);
   const names: string[] = [];
   for (let d = -1; d <= daysAhead; d++) {
-    const day = new Date(today + d * DAY_MS).toISOString().slice(0, 10);
-    const { rows } = await db.query<{ name: string }>('SELECT ensure_telemetry_partition($1::date) AS name', [day]);
-    names.push(rows[0].name);
+    const dayMs = today + d * DAY_MS;
+    const name = partitionName(dayMs);
+    const exists = await pool.query('SELECT to_regclass($1) IS NOT NULL AS ok', [name]);
+    if (exists.rows[0].ok) {
+      names.push(name);
+      continue;
+    }
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(`SET LOCAL lock_timeout = ${Math.max(1, Math.round(lockTimeoutMs))}`);
+      await client.query(`SELECT pg_advisory_xact_lock(7460002, ($1::date - date '2000-01-01'))`, [new Date(dayMs).toISOString().slice(0, 10)]);
+      const again = await client.query('SELECT to_regclass($1) IS NOT NULL AS ok', [name]);
+      if (!again.rows[0].ok) {
+        await client.query(`CREATE TABLE ${name} (LIKE telemetry INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`);
+        await client.query(`ALTER TABLE telemetry ATTACH PARTITION ${name} FOR VALUES FROM ('${new Date(dayMs).toISOString()}') TO ('${new Date(dayMs + DAY_MS).toISOString()}')`);
+      }
+      await client.query('COMMIT');
+      names.push(name);
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      // 55P03 lock_not_available: busy right now; the next run tries again.
+      if ((err as { code?: string }).code !== '55P03') throw err;
+    } finally {
+      client.release();
+    }
   }
   return names;
 }

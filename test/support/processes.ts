@@ -157,7 +157,7 @@ export async function startService(env: Record<string, string>, opts: { port?: n
   if (opts.waitReady !== false) {
     let dead = false;
     void exited.then(() => (dead = true));
-    const deadline = performance.now() + (opts.timeoutMs ?? 30_000);
+    const deadline = performance.now() + (opts.timeoutMs ?? 60_000);
     for (;;) {
       if (dead) throw new Error(`service exited during start-up:\n${out}`);
       const ok = await fetch(`${url}/health/ready`, { signal: AbortSignal.timeout(1000) }).then((r) => r.status === 200, () => false);
