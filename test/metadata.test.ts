@@ -315,6 +315,8 @@ for (const backend of backends()) {
       assertEnvelope(await patch('ghost-01', { name: 'x' }), 404, 'NODE_NOT_FOUND');
       await post(fullNode('mt-01'));
       assertEnvelope(await patch('mt-01', '<name>x</name>', { 'content-type': 'application/xml' }), 415);
+      assertEnvelope(await patch('mt-01', '{"name":"x"}', { 'content-type': 'text/plain' }), 400, 'VALIDATION_ERROR');
+      assert.equal((await get('mt-01')).json().version, 1);
     });
 
     test('If-Match: 3, "3" and W/"3" match; a stale version is a 412; garbage a 400', async () => {
