@@ -147,25 +147,6 @@ export const section: BenchSection = {
       const daily = `/api/analytics/year-node/daily?from=${date(YEAR_FROM + DAY)}&to=${date(TODAY - DAY)}`;
       const portfolio = `/api/analytics/portfolio?from=${date(TODAY - 30 * DAY)}&to=${date(TODAY)}`;
       const note = `cache: ${c.cache.kind}`;
-      const daily = `/api/analytics/year-node/daily?from=${date(YEAR_FROM + DAY)}&to=${date(TODAY - DAY)}`;
-      const portfolio = `/api/analytics/portfolio?from=${date(TODAY - 30 * DAY)}&to=${date(TODAY)}`;
-      const note = `cache: ${c.cache.kind}`;
-      {
-        const { energyByPeriods, localDays } = await import('../../src/telemetry/energy.js');
-        const { loadChains, nodeFingerprint } = await import('../../src/analytics/store.js');
-        const periods = localDays('America/New_York', date(YEAR_FROM + DAY), date(TODAY - DAY));
-        for (let i = 0; i < 3; i++) {
-          let t = performance.now();
-          const r = await energyByPeriods(c.db.pool, { nodeId: 'year-node', telemetryIntervalSeconds: 60 }, periods);
-          console.log('DEBUG energy', r.tier, r.periods.length, Math.round(performance.now() - t));
-          t = performance.now();
-          await loadChains(c.db.pool, [{ nodeId: 'year-node', lo: periods[0].start, hi: periods.at(-1)!.end }]);
-          console.log('DEBUG chains', Math.round(performance.now() - t));
-          t = performance.now();
-          await nodeFingerprint(c.db.pool, 'year-node', periods[0].start, periods.at(-1)!.end);
-          console.log('DEBUG fp', Math.round(performance.now() - t));
-        }
-      }
       ctx.report('analytics', 'GET daily, 1 node × 365 days p50, cold', median(await timed(ctx, svc.base, daily, true, c)), 'ms', note);
       ctx.report('analytics', 'GET daily, 1 node × 365 days p50, warm', median(await timed(ctx, svc.base, daily, false, c)), 'ms', note);
       ctx.report('analytics', `GET portfolio, ${nodes} nodes × 30 days p50, cold`, median(await timed(ctx, svc.base, portfolio, true, c)), 'ms', note);
