@@ -78,7 +78,11 @@ export function startLoad(opts: { baseUrl: () => string; key: string; clients: n
     async waitAcked(n, timeoutMs = 20_000) {
       const deadline = Date.now() + timeoutMs;
       while (result.acked.size < n) {
-        if (Date.now() > deadline) throw new Error(`only ${result.acked.size} of ${n} readings acknowledged in ${timeoutMs} ms`);
+        if (Date.now() > deadline) {
+          const seen: Record<string, number> = {};
+          for (const o of result.outcomes) seen[`${o.status}${o.code ? ` ${o.code}` : ''}`] = (seen[`${o.status}${o.code ? ` ${o.code}` : ''}`] ?? 0) + 1;
+          throw new Error(`only ${result.acked.size} of ${n} readings acknowledged in ${timeoutMs} ms; answers: ${JSON.stringify(seen)}`);
+        }
         await new Promise((r) => setTimeout(r, 20));
       }
     },
