@@ -29,7 +29,8 @@ CREATE TABLE telemetry_rollup_15m (
   exported_kwh  double precision,
   imported_kwh  double precision,
   available_s   double precision,
-  PRIMARY KEY (node_id, field, bucket_start)
+  -- Time before field: every access is a time range of one node, for one or several fields.
+  PRIMARY KEY (node_id, bucket_start, field)
 );
 
 CREATE TABLE telemetry_rollup_1h (LIKE telemetry_rollup_15m INCLUDING ALL);

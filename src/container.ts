@@ -13,6 +13,7 @@ import { JobRunner } from './jobs/runner.js';
 import { NodeRegistry } from './metadata/registry.js';
 import { createTelemetryIngestDomain } from './telemetry/index-ingest.js';
 import { createTelemetryExportDomain } from './telemetry/index-quality.js';
+import { createTelemetryQueryDomain } from './telemetry/index-query.js';
 import { createMetadataDomain } from './metadata/index.js';
 import { createOperationsDomain } from './operations/index.js';
 import { createRealtimeDomain } from './realtime/index.js';
@@ -110,6 +111,7 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
   const domains: Domain[] = [];
   domains.push(createTelemetryIngestDomain(infra));
   domains.push(createTelemetryExportDomain(infra));
+  domains.push(createTelemetryQueryDomain(infra));
   const metadata = createMetadataDomain(infra);
   domains.push(metadata);
   domains.push(createOperationsDomain(infra));

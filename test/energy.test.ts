@@ -18,6 +18,8 @@ import { close, holdRefresherLock, putNode, reference, rng, writeReadings, type 
 
 const H = 3_600_000;
 const iso = (s: string) => Date.parse(s);
+// The fixtures lie in the past (DST dates, real data of 2011 and 2021): retention must not drop them mid-test.
+const KEEP_OLD_DATA = { RETENTION_TELEMETRY_DAYS: '36500', RETENTION_ROLLUP_DAYS: '36500' };
 
 describe('calendar boundaries (buckets.ts)', () => {
   test('America/New_York: 23-hour spring day, 25-hour fall day, local midnights', () => {
@@ -92,7 +94,7 @@ describe('energy semantics (energy.ts) against PostgreSQL', () => {
   let t: TestApp;
   let refresher: RollupRefresher;
   before(async () => {
-    t = await createTestApp();
+    t = await createTestApp({ env: KEEP_OLD_DATA });
     refresher = new RollupRefresher(t.container.db, t.container.nodes, t.container.logger);
   });
   after(async () => t?.close());

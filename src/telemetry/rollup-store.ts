@@ -1,7 +1,7 @@
 /** SQL of rollups: raw reading loads, dirty marks, tier reads and the refresher's writes. */
 import type { Queryable } from '../db/pool.js';
 import { emptyAgg, mergeAgg, type FieldAgg, type PeriodPartial, type PowerExtras, type ReadingColumns } from './rollup-compute.js';
-import type { NumericField } from './rollup-fields.js';
+import { NUMERIC_FIELDS, type NumericField } from './rollup-fields.js';
 
 /** Rollup tiers above raw, finest first. */
 export type Tier = '15m' | '1h' | '1d';
@@ -16,6 +16,9 @@ export const TIER_TABLE: Readonly<Record<Tier, string>> = {
 export const TIER_MS: Readonly<Record<Tier, number>> = { '15m': 900_000, '1h': 3_600_000, '1d': 86_400_000 };
 
 const iso = (ms: number) => new Date(ms).toISOString();
+
+// Every field: statements that replace whole buckets name them all.
+const ALL_CODES = NUMERIC_FIELDS.map((f) => f.code);
 
 // A long OR list of ranges keeps partition pruning and index range scans; chunks bound its size.
 const RANGES_PER_QUERY = 200;
@@ -68,6 +71,8 @@ export interface TierPiece {
   idx: number;
 }
 
+// LATERAL keeps one index range scan per piece whatever the table statistics say (OFFSET 0 stops the planner from flattening it; a fresh,
+// unanalyzed rollup table otherwise invites a nested loop over the whole node's rows).
 function aggSelect(table: string, tierParams: { lo: number; hi: number; idx: number }): string {
   return `SELECT p.idx, r.field, sum(r.n)::float8 AS n, sum(r.sum) AS sum, min(r.min) AS min, max(r.max) AS max,
       (array_agg(r.first_v ORDER BY r.bucket_start) FILTER (WHERE r.n > 0))[1] AS first_v,
@@ -77,7 +82,8 @@ function aggSelect(table: string, tierParams: { lo: number; hi: number; idx: num
       sum(r.integral) AS integral, sum(r.held) AS held,
       sum(r.exported_kwh) AS exported_kwh, sum(r.imported_kwh) AS imported_kwh, sum(r.available_s) AS available_s
     FROM unnest($${tierParams.lo}::timestamptz[], $${tierParams.hi}::timestamptz[], $${tierParams.idx}::int[]) AS p(lo, hi, idx)
-    JOIN ${table} r ON r.node_id = $1 AND r.field = ANY($2::smallint[]) AND r.bucket_start >= p.lo AND r.bucket_start < p.hi
+    CROSS JOIN LATERAL (SELECT * FROM ${table} x
+                        WHERE x.node_id = $1 AND x.field = ANY($2::smallint[]) AND x.bucket_start >= p.lo AND x.bucket_start < p.hi OFFSET 0) r
     GROUP BY p.idx, r.field`;
 }
 
@@ -206,7 +212,7 @@ const nulTs = (n: number) => (Number.isFinite(n) ? iso(n) : null);
  */
 export async function writeRefreshedBuckets(q: Queryable, nodeId: string, marks: readonly DirtyMark[], rows: readonly BucketRow[], capSeconds: number): Promise<void> {
   const buckets = marks.map((m) => iso(m.bucketStart));
-  await q.query('DELETE FROM telemetry_rollup_15m WHERE node_id = $1 AND bucket_start = ANY($2::timestamptz[])', [nodeId, buckets]);
+  await q.query('DELETE FROM telemetry_rollup_15m WHERE node_id = $1 AND field = ANY($3::smallint[]) AND bucket_start = ANY($2::timestamptz[])', [nodeId, buckets, ALL_CODES]);
   if (rows.length > 0) {
     await q.query(
       `INSERT INTO telemetry_rollup_15m (node_id, field, bucket_start, n, sum, min, max, first_v, first_ts, last_v, last_ts, integral, held, exported_kwh, imported_kwh, available_s)
@@ -251,7 +257,7 @@ export async function writeRefreshedBuckets(q: Queryable, nodeId: string, marks:
 
 async function rebuildCoarse(q: Queryable, nodeId: string, target: string, source: string, width: string, starts: number[]): Promise<void> {
   const list = starts.map(iso);
-  await q.query(`DELETE FROM ${target} WHERE node_id = $1 AND bucket_start = ANY($2::timestamptz[])`, [nodeId, list]);
+  await q.query(`DELETE FROM ${target} WHERE node_id = $1 AND field = ANY($3::smallint[]) AND bucket_start = ANY($2::timestamptz[])`, [nodeId, list, ALL_CODES]);
   await q.query(
     `INSERT INTO ${target} (node_id, field, bucket_start, n, sum, min, max, first_v, first_ts, last_v, last_ts, integral, held, exported_kwh, imported_kwh, available_s)
      SELECT r.node_id, r.field, c.s, sum(r.n), sum(r.sum), min(r.min), max(r.max),
@@ -259,8 +265,9 @@ async function rebuildCoarse(q: Queryable, nodeId: string, target: string, sourc
             (array_agg(r.last_v ORDER BY r.bucket_start DESC) FILTER (WHERE r.n > 0))[1], max(r.last_ts),
             sum(r.integral), sum(r.held), sum(r.exported_kwh), sum(r.imported_kwh), sum(r.available_s)
      FROM unnest($2::timestamptz[]) AS c(s)
-     JOIN ${source} r ON r.node_id = $1 AND r.bucket_start >= c.s AND r.bucket_start < c.s + interval '${width}'
+     CROSS JOIN LATERAL (SELECT * FROM ${source} x
+                         WHERE x.node_id = $1 AND x.field = ANY($3::smallint[]) AND x.bucket_start >= c.s AND x.bucket_start < c.s + interval '${width}' OFFSET 0) r
      GROUP BY r.node_id, r.field, c.s`,
-    [nodeId, list],
+    [nodeId, list, ALL_CODES],
   );
 }
