@@ -263,6 +263,68 @@ describe('analytics: per-node daily and monthly', () => {
         checkDays(afterCorrection.days, '2026-11-01', '2026-11-02');
       });
 
+      test('after the refresher clears a write\'s marks, the answer from before the write is not served again', async () => {
+        const url = `/api/analytics/${NODE}/daily?from=2026-03-09&to=2026-03-09`;
+        await t.container.jobs.runNow('rollup-refresh');
+        const before = (await get(url)).json() as { days: Row[] };
+        const gens = async () => {
+          const counters = await t.container.cache.get(`analytics:gen:${NODE}:2026-03`);
+          return counters;
+        };
+        const g0 = await gens();
+        // Inside the 2026-03-09 silence (15:00–17:30 UTC).
+        await postReadings([{ ts: Date.parse('2026-03-09T16:00:00Z'), powerKw: 99, healthStatus: 'ok' }]);
+        for (let i = 0; i < 100 && (await gens()) === g0; i++) await new Promise((r) => setTimeout(r, 20));
+        assert.notEqual(await gens(), g0, 'telemetry.changed moved the month\'s generation on');
+        await t.container.jobs.runNow('rollup-refresh');
+        const { rows } = await t.container.db.pool.query('SELECT count(*)::int AS n FROM telemetry_dirty_buckets WHERE node_id = $1', [NODE]);
+        assert.equal(rows[0].n, 0);
+        const after = (await get(url)).json() as { days: Row[] };
+        assert.ok(after.days[0].energyExportedKwh > before.days[0].energyExportedKwh, 'the new reading counts');
+        checkDays(after.days, '2026-03-09', '2026-03-09');
+      });
+
+      test('closed periods stay cached across refreshes and writes elsewhere', async () => {
+        const url = `/api/analytics/${NODE}/daily?from=2026-03-07&to=2026-03-08`;
+        const hitCount = async () => {
+          const m = await t.container.metrics.registry.getSingleMetric('cache_requests_total')?.get();
+          return m?.values.find((v) => v.labels.cache === 'analytics' && v.labels.result === 'hit')?.value ?? 0;
+        };
+        const first = (await get(url)).json();
+        await postReadings([{ ts: Date.parse('2026-11-02T16:10:00Z'), powerKw: 12, healthStatus: 'ok' }]);
+        await t.container.jobs.runNow('rollup-refresh');
+        const hits = await hitCount();
+        assert.deepEqual((await get(url)).json(), first);
+        assert.equal(await hitCount(), hits + 1, 'a write in November does not evict March');
+      });
+
+      if (backend === 'redis') {
+        test('a second instance on the same Redis serves the first one\'s entries and sees writes made through it', async () => {
+          const b = await createTestApp({ backend, databaseUrl: t.databaseUrl, keyPrefix: t.keyPrefix, env: { RETENTION_TELEMETRY_DAYS: '3650' } });
+          try {
+            const url = `/api/analytics/${NODE}/daily?from=2026-10-31&to=2026-10-31`;
+            const a1 = (await get(url)).json() as { days: Row[] };
+            const hitsB = async () => {
+              const m = await b.container.metrics.registry.getSingleMetric('cache_requests_total')?.get();
+              return m?.values.find((v) => v.labels.cache === 'analytics' && v.labels.result === 'hit')?.value ?? 0;
+            };
+            const h0 = await hitsB();
+            const b1 = await b.request({ method: 'GET', url, key: KEYS.read });
+            assert.deepEqual(b1.json(), a1);
+            assert.equal(await hitsB(), h0 + 1, 'B answered from A\'s entry');
+            const res = await b.request({ method: 'POST', url: '/api/transactions', payload: { nodeId: NODE, type: 'settlement', timestamp: '2026-10-31T16:00:00Z', amountEur: 5, status: 'settled' }, key: KEYS.transactions });
+            assert.equal(res.statusCode, 201, res.body);
+            const r = res.json();
+            txs.push({ id: r.id, sequence: r.sequence, type: r.type, status: r.status, timestamp: r.timestamp, amountEur: r.amountEur, relatesTo: r.relatesTo });
+            const a2 = (await get(url)).json() as { days: Row[] };
+            assert.equal(a2.days[0].revenueEur, a1.days[0].revenueEur + 5);
+            checkDays(a2.days, '2026-10-31', '2026-10-31');
+          } finally {
+            await b.close();
+          }
+        });
+      }
+
       test('bad inputs get the error envelope with 4xx, never 500', async () => {
         const cases: [string, number, string | null][] = [
           [`/api/analytics/${NODE}/daily?from=2026-13-01&to=2026-12-01`, 400, KEYS.read],

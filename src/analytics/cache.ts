@@ -1,31 +1,102 @@
 /**
  * Cache of analytics answers in `infra.cache` (Redis when configured, so instances share it).
  *
- * An entry's key is derived from the request and a freshness fingerprint read from PostgreSQL
- * before the answer is computed (store.ts: `nodeFingerprint`, `fleetFingerprint`). The
- * fingerprint's parts are written in the same database transaction as the telemetry or
- * transaction that changes an answer, so a write acknowledged to its client changes the key of
- * every answer it touches: no stale answer is served even before the write's pub/sub message
- * (`telemetry.changed`, `transactions.appended`, sent after the acknowledgement) arrives.
- * Invalidation is O(1) and needs no coordination between instances; superseded entries expire
- * by TTL.
+ * An entry's key is the request plus a freshness fingerprint read before the answer is computed,
+ * so invalidation is O(1) (a changed fingerprint is a new key; superseded entries just expire) and
+ * needs no coordination between instances. The fingerprint has two parts:
+ * - generation counters per (node, UTC month) and per (fleet, UTC month), kept in the cache and
+ *   bumped by every instance that receives `telemetry.changed` for that month;
+ * - a database part (store.ts) written in the same transaction as the telemetry or transaction
+ *   that changes an answer. Pub/sub messages are sent after the writer has acknowledged the
+ *   write, so the counters alone could serve a stale answer in that gap; the database part
+ *   cannot: it has changed before the client hears "stored".
  */
-import { createHash } from 'node:crypto';
-import type { Cache } from '../cache/types.js';
+import { createHash, randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Cache, PubSub } from '../cache/types.js';
 import type { Metrics } from '../metrics/metrics.js';
+import type { NodeRegistry } from '../metadata/registry.js';
+import { TELEMETRY_CHANGED_CHANNEL } from '../telemetry/ingest-service.js';
 
 /** TTL of answers whose period touches today (s). */
 export const TTL_OPEN_SECONDS = 3600;
 /** TTL of answers over closed periods (s). */
 export const TTL_CLOSED_SECONDS = 86_400;
+/** TTL of a generation counter (s): longer than any entry's, so an entry keyed by a vanished counter has expired too. */
+export const TTL_GENERATION_SECONDS = 2 * TTL_CLOSED_SECONDS;
+
+/** The fleet's counters (portfolio, peer groups). */
+export const FLEET = '*';
 
 const KEY_PREFIX = 'analytics:v1:';
+const GEN_PREFIX = 'analytics:gen:';
+// A node unknown to the registry still holds for at most 3 × the largest interval (1 day).
+const MAX_CAP_MS = 3 * 86_400_000;
+
+/** UTC months `YYYY-MM` overlapping `[lo, hi)` (epoch ms). */
+export function monthsOverlapping(lo: number, hi: number): string[] {
+  const out: string[] = [];
+  const d = new Date(lo);
+  let y = d.getUTCFullYear();
+  let m = d.getUTCMonth();
+  while (Date.UTC(y, m, 1) < hi) {
+    out.push(`${y}-${String(m + 1).padStart(2, '0')}`);
+    m++;
+    if (m === 12) {
+      m = 0;
+      y++;
+    }
+  }
+  return out;
+}
 
 export class AnalyticsCache {
+  private unsubscribe?: () => Promise<void>;
+
   constructor(
     private readonly cache: Cache,
+    private readonly pubsub: PubSub,
+    private readonly nodes: NodeRegistry,
     private readonly metrics: Metrics,
+    private readonly logger: Logger,
   ) {}
+
+  async start(): Promise<void> {
+    this.unsubscribe = await this.pubsub.subscribe(TELEMETRY_CHANGED_CHANNEL, (message) => {
+      this.onTelemetryChanged(message).catch((err: unknown) => this.logger.warn({ err }, 'analytics: generation bump failed'));
+    });
+  }
+
+  async stop(): Promise<void> {
+    await this.unsubscribe?.();
+  }
+
+  /**
+   * A write changed readings in `[from, to)`: answers over any instant from `from` up to the
+   * last reading's hold end can change, so the counters of every UTC month there move on.
+   */
+  async onTelemetryChanged(message: string): Promise<void> {
+    let m: { nodeId?: unknown; from?: unknown; to?: unknown };
+    try {
+      m = JSON.parse(message) as typeof m;
+    } catch {
+      return;
+    }
+    if (typeof m.nodeId !== 'string' || typeof m.from !== 'number' || typeof m.to !== 'number') return;
+    const interval = this.nodes.get(m.nodeId)?.telemetryIntervalSeconds;
+    const capMs = interval ? 3 * interval * 1000 : MAX_CAP_MS;
+    const months = monthsOverlapping(m.from, m.to + capMs);
+    await Promise.all(
+      months.flatMap((month) => [m.nodeId as string, FLEET].map((owner) => this.cache.set(`${GEN_PREFIX}${owner}:${month}`, randomUUID(), TTL_GENERATION_SECONDS))),
+    );
+  }
+
+  /** The counters of `owner` (a nodeId or FLEET) for the UTC months overlapping `[lo, hi)`, joined. */
+  async generations(owner: string, lo: number, hi: number): Promise<string> {
+    const months = monthsOverlapping(lo, hi);
+    const values = await Promise.all(months.map((month) => this.cache.get(`${GEN_PREFIX}${owner}:${month}`)));
+    return values.map((v) => v ?? '0').join(',');
+  }
 
   /** Cache key of an answer: the kind, the normalised request, and the fingerprint it was computed under. */
   key(kind: string, request: unknown, fingerprint: string): string {

@@ -9,6 +9,13 @@ export { energyForNodes, type EnergyFigures, type NodePeriods } from './energy-m
 
 /** Analytics: daily / monthly per node, peer benchmarks, portfolio; answers cached in `infra.cache`. */
 export function createAnalyticsDomain(infra: Infra): Domain & { service: AnalyticsService } {
-  const service = new AnalyticsService({ db: infra.db, nodes: infra.nodes, cache: new AnalyticsCache(infra.cache, infra.metrics), metrics: infra.metrics });
-  return { service, routes: analyticsRoutes(service) };
+  const logger = infra.logger.child({ domain: 'analytics' });
+  const cache = new AnalyticsCache(infra.cache, infra.pubsub, infra.nodes, infra.metrics, logger);
+  const service = new AnalyticsService({ db: infra.db, nodes: infra.nodes, cache, metrics: infra.metrics });
+  return {
+    service,
+    routes: analyticsRoutes(service),
+    start: () => cache.start(),
+    stop: () => cache.stop(),
+  };
 }

@@ -12,7 +12,7 @@ import type { NodeRegistry } from '../metadata/registry.js';
 import { localDate, localDayStart, parseDateLabel, parseMonthLabel, type Period } from '../telemetry/buckets.js';
 import { energyByPeriods, formatInZone, isValidTimeZone, localDays } from '../telemetry/energy.js';
 import { roundSig } from '../telemetry/query-engine.js';
-import type { AnalyticsCache } from './cache.js';
+import { FLEET, type AnalyticsCache } from './cache.js';
 import { energyForNodes, type EnergyFigures } from './energy-many.js';
 import { fleetFingerprint, listLiveNodes, loadChains, nodeFingerprint, sumChainsByNode, VOID_STATUSES, type AnalyticsNode, type NodeMoney } from './store.js';
 
@@ -248,7 +248,7 @@ export class AnalyticsService {
     const lo = periods[0].start;
     const hi = periods[periods.length - 1].end;
     const q = this.deps.db.readPool;
-    const fingerprint = await this.deps.metrics.timeStore('analytics', 'fingerprint', () => nodeFingerprint(q, node.nodeId, lo, hi));
+    const fingerprint = await this.fingerprint(node.nodeId, lo, hi, () => nodeFingerprint(q, node.nodeId, lo, hi));
     const key = this.deps.cache.key(kind, { node, tz, lo, hi }, fingerprint);
     const today = localDate(tz, this.now());
     const { value } = await this.deps.cache.getOrCompute(key, hi, localDayStart(tz, today.y, today.m, today.d), compute);
@@ -327,7 +327,7 @@ export class AnalyticsService {
     // Peer windows are each peer's own local days, so the fleet-wide fingerprint spans ±14 h around them.
     const lo = Date.UTC(a.y, a.m - 1, a.d) - 14 * H_MS;
     const hi = Date.UTC(b.y, b.m - 1, b.d + 1) + 14 * H_MS;
-    const fingerprint = await this.deps.metrics.timeStore('analytics', 'fingerprint', () => fleetFingerprint(q, lo, hi));
+    const fingerprint = await this.fingerprint(FLEET, lo, hi, () => fleetFingerprint(q, lo, hi));
     const key = this.deps.cache.key('benchmarks', { node, from: input.from, to: input.to }, fingerprint);
     // Today begins no earlier than 00:00 at UTC+14 (the earliest zone).
     const todayStart = utcDayStart(this.now()) - 14 * H_MS;
@@ -381,7 +381,7 @@ export class AnalyticsService {
     if (to <= from) throw badRequest('to must be after from (the period is [from, to))', [{ path: '/to', message: 'not after from' }], 'INVALID_RANGE');
     if (to - from > MAX_PORTFOLIO_MS) throw badRequest('the period may span at most 366 days', [{ path: '/to', message: 'range longer than 366 days' }], 'RANGE_TOO_LONG');
     const q = this.deps.db.readPool;
-    const fingerprint = await this.deps.metrics.timeStore('analytics', 'fingerprint', () => fleetFingerprint(q, from, to));
+    const fingerprint = await this.fingerprint(FLEET, from, to, () => fleetFingerprint(q, from, to));
     const key = this.deps.cache.key('portfolio', { from, to }, fingerprint);
     const { value } = await this.deps.cache.getOrCompute(key, to, utcDayStart(this.now()), async () => {
       const nodes = await this.deps.metrics.timeStore('analytics', 'nodes', () => listLiveNodes(q));
@@ -425,6 +425,14 @@ export class AnalyticsService {
   }
 
   // ---------------------------------------------------------------- helpers
+
+  /** Generation counters, then the database part: both before the answer is computed (cache.ts). */
+  private async fingerprint(owner: string, lo: number, hi: number, fromDb: () => Promise<string>): Promise<string> {
+    return this.deps.metrics.timeStore('analytics', 'fingerprint', async () => {
+      const gens = await this.deps.cache.generations(owner, lo, hi);
+      return `${gens}|${await fromDb()}`;
+    });
+  }
 
   private async node(nodeId: string): Promise<NodeFacts> {
     let info = this.deps.nodes.get(nodeId);

@@ -133,13 +133,16 @@ export async function listLiveNodes(q: Queryable, type?: string): Promise<Analyt
 }
 
 /**
- * Freshness fingerprint of one node's analytics over instants `[lo, hi)`: it changes whenever a
- * committed write can change an answer, and never returns to an earlier value.
- * - telemetry: a write marks the 15-minute buckets its readings hold into (in the writer's own
- *   transaction); the refresher clears marks and bumps the node's rollup state time. So
- *   (count and newest mark in range, rollup state time) changes on every write and every refresh.
- * - transactions: (count, highest sequence) of the node's records, which only grow (pruning
- *   removes the lowest sequences, which cannot restore an earlier pair).
+ * Database part of the freshness fingerprint of one node's analytics over instants `[lo, hi)`,
+ * read before an answer is computed. Each part is written in the same database transaction as
+ * the write that changes an answer, so it has changed by the time the write is acknowledged:
+ * - telemetry: a write marks the 15-minute buckets its readings hold into (the marks lie in the
+ *   range of every answer the write touches); the part is the count and newest mark time there.
+ *   The refresher later clears marks, which could bring the part back to an earlier value: the
+ *   pub/sub generation counters in the cache key (cache.ts) have moved on by then.
+ * - transactions: (count, highest sequence) of the node's settlement, dispatch and adjustment
+ *   records, which only grow (pruning removes the lowest sequences, so no earlier pair recurs).
+ *   Node-wide, because a follow-up record dated anywhere changes the day of its chain's root.
  * - metadata: the node's version.
  */
 export async function nodeFingerprint(q: Queryable, nodeId: string, lo: number, hi: number): Promise<string> {
@@ -147,23 +150,25 @@ export async function nodeFingerprint(q: Queryable, nodeId: string, lo: number, 
     `SELECT concat_ws('|',
        (SELECT count(*) || ':' || coalesce(max(marked_at)::text, '') FROM telemetry_dirty_buckets
          WHERE node_id = $1 AND bucket_start >= $2 AND bucket_start < $3),
-       coalesce((SELECT updated_at::text || ':' || cap_seconds FROM telemetry_rollup_state WHERE node_id = $1), '-'),
-       (SELECT count(*) || ':' || coalesce(max(sequence), 0) FROM transactions WHERE node_id = $1),
+       (SELECT count(*) || ':' || coalesce(max(sequence), 0) FROM transactions
+         WHERE node_id = $1 AND type IN ('settlement', 'dispatch', 'adjustment')),
        coalesce((SELECT version || ':' || updated_at::text FROM nodes WHERE node_id = $1), '-')) AS f`,
     [nodeId, iso(Math.floor(lo / 900_000) * 900_000), iso(hi)],
   );
   return rows[0].f;
 }
 
-/** Fingerprint of analytics over every node (portfolio, peer groups): the same parts, fleet-wide. */
+/**
+ * The same for answers over every node (portfolio, peer groups): marks of any node in range,
+ * the log's head (any append; cheaper than filtering the whole log by type), and the nodes
+ * table (count, Σ version, newest change: a node added, changed or decommissioned).
+ */
 export async function fleetFingerprint(q: Queryable, lo: number, hi: number): Promise<string> {
   const { rows } = await q.query<{ f: string }>(
     `SELECT concat_ws('|',
        (SELECT count(*) || ':' || coalesce(max(marked_at)::text, '') FROM telemetry_dirty_buckets
          WHERE bucket_start >= $1 AND bucket_start < $2),
-       (SELECT count(*) || ':' || coalesce(max(updated_at)::text, '') FROM telemetry_rollup_state),
        coalesce((SELECT last_sequence::text FROM transaction_chain_head), '-'),
-       coalesce((SELECT last_sequence::text FROM transaction_checkpoint), '-'),
        (SELECT count(*) || ':' || coalesce(sum(version), 0) || ':' || coalesce(max(updated_at)::text, '') FROM nodes)) AS f`,
     [iso(Math.floor(lo / 900_000) * 900_000), iso(hi)],
   );
