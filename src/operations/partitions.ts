@@ -60,8 +60,12 @@ export async function ensurePartitionsAhead(pool: pg.Pool, now: number, daysAhea
       names.push(name);
     } catch (err) {
       await client.query('ROLLBACK').catch(() => undefined);
+      const code = (err as { code?: string }).code;
+      // 42P07: created by another session a moment ago (the re-check can read a catalog cache
+      // not yet refreshed after the advisory lock); it exists, which is all we want.
+      if (code === '42P07') names.push(name);
       // 55P03 lock_not_available: busy right now; the next run tries again.
-      if ((err as { code?: string }).code !== '55P03') throw err;
+      else if (code !== '55P03') throw err;
     } finally {
       client.release();
     }
