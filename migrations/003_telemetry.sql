@@ -19,7 +19,8 @@ CREATE TABLE telemetry (
   quality              text,
   extra                jsonb,
   -- soft anomalies found at ingestion: bit 1 = out of range (|powerKw| > 1.1 x capacityKw),
-  -- bit 2 = late arrival (received more than 3 x telemetryIntervalSeconds after measurement)
+  -- bit 2 = late arrival (received more than 3 x telemetryIntervalSeconds after measurement),
+  -- bit 4 = corrected (this reading replaced an earlier, different one for the same key)
   flags                smallint NOT NULL DEFAULT 0,
   PRIMARY KEY (node_id, ts)
 ) PARTITION BY RANGE (ts);

@@ -70,6 +70,7 @@ describe('telemetry ingestion (sync)', () => {
     const rows = await rowsOf(t, 'bat-1');
     assert.equal(rows.length, 1);
     assert.equal(rows[0].power_kw, 13);
+    assert.equal(rows[0].flags & 4, 4, 'a replaced reading carries the corrected flag');
     assert.deepEqual(rows[0].extra, { alarms: [], phaseL1V: 230.1 });
     const { rows: q } = await t.container.db.pool.query('SELECT duplicates, corrected FROM telemetry_quality_daily WHERE node_id = $1', ['bat-1']);
     assert.deepEqual(q, [{ duplicates: 1, corrected: 1 }]);

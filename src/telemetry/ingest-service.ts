@@ -73,6 +73,19 @@ export interface IngestServiceDeps {
   retentionDays: number;
 }
 
+let lastStampUs = 0;
+
+/**
+ * Arrival time in epoch ms with a microsecond fraction, strictly increasing within this process: the
+ * writer tells a re-send that changed nothing from a write by the stored row's arrival time.
+ */
+export function arrivalStamp(): number {
+  let us = Date.now() * 1000;
+  if (us <= lastStampUs) us = lastStampUs + 1;
+  lastStampUs = us;
+  return us / 1000;
+}
+
 /** Ingestion rules: validation, sync (group commit) and async (queue) writes, latest values. */
 export class TelemetryIngestService {
   readonly validator: ReadingValidator;
@@ -86,7 +99,7 @@ export class TelemetryIngestService {
   }
 
   /** Validates a batch; every reading is either a row or a rejection. */
-  validateBatch(readings: readonly unknown[], now = Date.now()): { rows: IngestRow[]; rejected: Rejection[] } {
+  validateBatch(readings: readonly unknown[], now = arrivalStamp()): { rows: IngestRow[]; rejected: Rejection[] } {
     const rows: IngestRow[] = [];
     const rejected: Rejection[] = [];
     for (let i = 0; i < readings.length; i++) {
@@ -120,7 +133,7 @@ export class TelemetryIngestService {
 
   /** POST /api/telemetry/:nodeId. */
   async ingestOne(nodeId: string, reading: unknown): Promise<{ stored: number; duplicates: number }> {
-    const r = this.validator.check(reading, 0, '', Date.now(), nodeId);
+    const r = this.validator.check(reading, 0, '', arrivalStamp(), nodeId);
     if ('rejection' in r) {
       this.deps.metrics.rejected.inc({ reason: r.reason });
       const first = r.rejection.errors[0];

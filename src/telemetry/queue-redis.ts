@@ -162,9 +162,11 @@ export class RedisQueue implements IngestQueue {
         }
         // After a failure, first redo this consumer's own pending entries (id 0 reads them back).
         const from = this.redoOwn ? '0' : '>';
-        const res = (await reader.xreadgroup('GROUP', this.group, this.consumer, 'COUNT', 4, ...(from === '>' ? ['BLOCK', 500] : []), 'STREAMS', this.stream, from)) as
-          | [string, StreamEntry[]][]
-          | null;
+        const res = (
+          from === '>'
+            ? await reader.xreadgroup('GROUP', this.group, this.consumer, 'COUNT', 4, 'BLOCK', 500, 'STREAMS', this.stream, '>')
+            : await reader.xreadgroup('GROUP', this.group, this.consumer, 'COUNT', 4, 'STREAMS', this.stream, '0')
+        ) as [string, StreamEntry[]][] | null;
         if (from === '0' && (!res || res.every(([, entries]) => entries.length === 0))) this.redoOwn = false;
         if (!res) continue;
         for (const [, entries] of res) for (const e of entries) await this.process(e);

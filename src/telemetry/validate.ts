@@ -37,6 +37,8 @@ export const DEFAULT_INTERVAL_SECONDS = 60;
 export const FLAG_OUT_OF_RANGE = 1;
 /** flags bit: received more than 3 × telemetryIntervalSeconds after the measurement time. */
 export const FLAG_LATE = 2;
+/** flags bit, set by the writer: this reading replaced an earlier, different one (a correction). */
+export const FLAG_CORRECTED = 4;
 
 /**
  * One validated reading as the writer stores it. Numbers are finite; absent optional fields are null.

@@ -3,7 +3,7 @@ import { from as copyFrom } from 'pg-copy-streams';
 import type { Logger } from 'pino';
 import type { Db } from '../db/pool.js';
 import { unavailable } from '../http/errors.js';
-import { NUMERIC_FIELDS, sameReading, type IngestRow } from './validate.js';
+import { FLAG_CORRECTED, NUMERIC_FIELDS, sameReading, type IngestRow } from './validate.js';
 
 /** A node whose latest reading changed in a committed write. */
 export interface LatestChange {
@@ -43,13 +43,13 @@ const COLS = NUMERIC_FIELDS.map(([, c]) => c);
 
 // Per-connection staging table; rows vanish at commit, so a failed flush leaves nothing behind.
 const STAGE_DDL = `CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
-  seq integer NOT NULL, round integer NOT NULL, dup_extra integer NOT NULL, interval_s integer NOT NULL,
+  seq integer NOT NULL, round integer NOT NULL, dup_extra integer NOT NULL, interval_s integer NOT NULL, is_last boolean NOT NULL,
   node_id text NOT NULL, ts timestamptz NOT NULL, received_at timestamptz NOT NULL,
   ${COLS.map((c) => `${c} double precision`).join(', ')},
   health_status text, quality text, extra jsonb, flags smallint NOT NULL
 ) ON COMMIT DELETE ROWS`;
 
-const COPY_SQL = `COPY telemetry_stage (seq, round, dup_extra, interval_s, node_id, ts, received_at, ${COLS.join(', ')}, health_status, quality, extra, flags) FROM STDIN`;
+const COPY_SQL = `COPY telemetry_stage (seq, round, dup_extra, interval_s, is_last, node_id, ts, received_at, ${COLS.join(', ')}, health_status, quality, extra, flags) FROM STDIN`;
 
 const VALUE_COLS = [...COLS, 'health_status', 'quality', 'extra'];
 const READING_JSON = `jsonb_strip_nulls(jsonb_build_object('nodeId', node_id, 'timestamp', to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), ${NUMERIC_FIELDS.map(([api, c]) => `'${api}', ${c}`).join(', ')}, 'healthStatus', health_status, 'quality', quality))
@@ -59,70 +59,91 @@ const EPOCH_MS = (e: string) => `(extract(epoch FROM ${e}) * 1000)::float8`;
 /**
  * The one statement that applies a round of staged rows: upsert into telemetry (sorted by key so
  * concurrent writers lock rows in the same order and cannot deadlock; an identical re-send changes
- * nothing), then, from the rows that did change, telemetry_latest (forward in measurement time
- * only), the dirty 15-minute buckets and the per-day duplicate/correction counters.
+ * nothing and is not returned; a replacement sets FLAG_CORRECTED on the row, which is how it is
+ * told from an insert), then, from the rows written, telemetry_latest (forward in measurement time
+ * only), the dirty 15-minute buckets and the per-day correction counters. Prepared once per
+ * connection: it has no parameters, the round is part of its text.
  */
-function applySql(round: number): string {
+export function applySql(round: number): string {
   return `WITH ins AS (
   INSERT INTO telemetry AS t (node_id, ts, received_at, ${VALUE_COLS.join(', ')}, flags)
   SELECT node_id, ts, received_at, ${VALUE_COLS.join(', ')}, flags FROM telemetry_stage WHERE round = ${round} ORDER BY node_id, ts
-  ON CONFLICT (node_id, ts) DO UPDATE SET received_at = EXCLUDED.received_at, ${VALUE_COLS.map((c) => `${c} = EXCLUDED.${c}`).join(', ')}, flags = EXCLUDED.flags
+  ON CONFLICT (node_id, ts) DO UPDATE SET received_at = EXCLUDED.received_at, ${VALUE_COLS.map((c) => `${c} = EXCLUDED.${c}`).join(', ')},
+    flags = EXCLUDED.flags | ${FLAG_CORRECTED}
   WHERE (${VALUE_COLS.map((c) => `t.${c}`).join(', ')}) IS DISTINCT FROM (${VALUE_COLS.map((c) => `EXCLUDED.${c}`).join(', ')})
-  RETURNING t.*
-), cls0 AS (
-  -- inserted: null = not written (identical to the stored reading), true = new key, false = replaced
-  -- a different reading. A key newer than the node's latest cannot exist yet, so only older ones
-  -- are looked up (in the statement's snapshot, which does not see this statement's own insert).
-  SELECT s.seq, s.node_id, s.ts, s.dup_extra,
-         CASE WHEN i.node_id IS NULL THEN NULL
-              WHEN l.ts IS NULL OR s.ts > l.ts THEN true
-              ELSE NOT EXISTS (SELECT 1 FROM telemetry x WHERE x.node_id = s.node_id AND x.ts = s.ts) END AS inserted
-  FROM telemetry_stage s
-  LEFT JOIN ins i ON i.node_id = s.node_id AND i.ts = s.ts
-  LEFT JOIN telemetry_latest l ON l.node_id = s.node_id
-  WHERE s.round = ${round}
-), cls AS (
-  SELECT * FROM cls0 WHERE inserted IS NOT TRUE OR dup_extra > 0
+  RETURNING t.node_id, t.ts, t.flags
+), last AS (
+  SELECT node_id, ts, received_at, interval_s, ${READING_JSON} AS reading
+  FROM telemetry_stage WHERE round = ${round} AND is_last
 ), lat AS (
+  -- The newest staged row per node (is_last, chosen by the writer). If it was an identical re-send,
+  -- the stored latest is already that reading or a newer one, and nothing changes.
   INSERT INTO telemetry_latest AS l (node_id, ts, received_at, reading)
-  SELECT DISTINCT ON (node_id) node_id, ts, received_at, ${READING_JSON}
-  FROM ins ORDER BY node_id, ts DESC
+  SELECT node_id, ts, received_at, reading FROM last ORDER BY node_id
   ON CONFLICT (node_id) DO UPDATE SET ts = EXCLUDED.ts, received_at = EXCLUDED.received_at, reading = EXCLUDED.reading,
     version = nextval('telemetry_latest_version_seq')
-  WHERE EXCLUDED.ts >= l.ts
+  WHERE EXCLUDED.ts > l.ts OR (EXCLUDED.ts = l.ts AND EXCLUDED.reading IS DISTINCT FROM l.reading)
   RETURNING l.node_id, l.ts, l.received_at, l.reading, l.version
 ), dirty AS (
+  -- Every bucket overlapping [ts, ts + 3 x interval) of each written reading: per node and bucket of
+  -- ts, the latest ts reaches furthest.
   INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
-  SELECT DISTINCT s.node_id, b.start
-  FROM ins i JOIN telemetry_stage s ON s.round = ${round} AND s.node_id = i.node_id AND s.ts = i.ts
-  CROSS JOIN LATERAL generate_series(
-    to_timestamp(floor(extract(epoch FROM s.ts) / 900) * 900),
-    s.ts + s.interval_s * interval '3 seconds' - interval '1 microsecond',
-    interval '15 minutes') AS b(start)
+  SELECT DISTINCT g.node_id, b.start
+  FROM (SELECT node_id, floor(extract(epoch FROM ts) / 900) AS q, max(ts) AS mx FROM ins GROUP BY 1, 2) g
+  JOIN last v ON v.node_id = g.node_id
+  CROSS JOIN LATERAL generate_series(to_timestamp(g.q * 900), g.mx + v.interval_s * interval '3 seconds' - interval '1 microsecond', interval '15 minutes') AS b(start)
   ORDER BY 1, 2
   ON CONFLICT (node_id, bucket_start) DO UPDATE SET marked_at = clock_timestamp()
 ), q AS (
   INSERT INTO telemetry_quality_daily AS q (node_id, day, duplicates, corrected)
-  SELECT node_id, (ts AT TIME ZONE 'UTC')::date,
-         sum(dup_extra + CASE WHEN inserted IS NULL THEN 1 ELSE 0 END), count(*) FILTER (WHERE inserted = false)
-  FROM cls GROUP BY 1, 2 ORDER BY 1, 2
+  SELECT node_id, day, sum(dups), sum(corr) FROM (
+    SELECT node_id, (ts AT TIME ZONE 'UTC')::date AS day, 0 AS dups, 1 AS corr FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0
+    UNION ALL
+    SELECT node_id, (ts AT TIME ZONE 'UTC')::date, dup_extra, 0 FROM telemetry_stage WHERE round = ${round} AND dup_extra > 0) x
+  GROUP BY 1, 2 ORDER BY 1, 2
   ON CONFLICT (node_id, day) DO UPDATE SET duplicates = q.duplicates + EXCLUDED.duplicates, corrected = q.corrected + EXCLUDED.corrected
 )
 SELECT
-  (SELECT coalesce(json_agg(json_build_array(seq, inserted)), '[]') FROM cls WHERE inserted IS NOT TRUE) AS cls,
+  (SELECT count(*) FROM ins)::int AS written,
+  (SELECT count(*) FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0)::int AS corrected,
   (SELECT coalesce(json_agg(json_build_array(node_id, ${EPOCH_MS('ts')}, ${EPOCH_MS('received_at')}, reading, version)), '[]') FROM lat) AS latest,
   (SELECT coalesce(json_agg(json_build_array(node_id, lo, hi)), '[]')
      FROM (SELECT node_id, ${EPOCH_MS('min(ts)')} AS lo, ${EPOCH_MS('max(ts)')} + 1 AS hi FROM ins GROUP BY node_id) c) AS changed`;
 }
 
+/**
+ * Run only when a round wrote fewer rows than it staged: finds the staged rows that were identical
+ * re-sends (their stored row kept its own, earlier arrival time) and counts them per day. The
+ * probe is a scalar subquery so it stays one index lookup per staged row.
+ */
+function duplicatesSql(round: number): string {
+  return `WITH d AS (
+  SELECT s.seq, s.node_id, s.ts FROM telemetry_stage s
+  WHERE s.round = ${round}
+    AND (SELECT t.received_at FROM telemetry t WHERE t.node_id = s.node_id AND t.ts = s.ts LIMIT 1) IS DISTINCT FROM s.received_at
+), q AS (
+  INSERT INTO telemetry_quality_daily AS q (node_id, day, duplicates, corrected)
+  SELECT node_id, (ts AT TIME ZONE 'UTC')::date, count(*), 0 FROM d GROUP BY 1, 2 ORDER BY 1, 2
+  ON CONFLICT (node_id, day) DO UPDATE SET duplicates = q.duplicates + EXCLUDED.duplicates
+)
+SELECT coalesce(json_agg(seq), '[]') AS seqs FROM d`;
+}
+
 const staged = new WeakSet<pg.PoolClient | pg.Client>();
+
+/** RFC 3339 UTC with microseconds from epoch ms with a fractional part (arrival stamps are per-µs unique). */
+function isoMicros(ms: number): string {
+  const whole = Math.floor(ms);
+  const micros = Math.min(999, Math.round((ms - whole) * 1000));
+  return `${new Date(whole).toISOString().slice(0, 23)}${String(micros).padStart(3, '0')}Z`;
+}
 
 /** Text COPY escaping for the one free-text column (jsonb); the others cannot hold special characters. */
 function escapeCopy(s: string): string {
   return /[\\\t\n\r]/.test(s) ? s.replace(/\\/g, '\\\\').replace(/\t/g, '\\t').replace(/\n/g, '\\n').replace(/\r/g, '\\r') : s;
 }
 
-async function copyRows(client: pg.PoolClient | pg.Client, rows: readonly IngestRow[], include: Uint8Array, round: Int32Array, dupExtra: Int32Array): Promise<void> {
+async function copyRows(client: pg.PoolClient | pg.Client, rows: readonly IngestRow[], include: Uint8Array, round: Int32Array, dupExtra: Int32Array, isLast: Uint8Array): Promise<void> {
   const stream = client.query(copyFrom(COPY_SQL));
   const done = new Promise<void>((resolve, reject) => {
     stream.on('error', reject);
@@ -136,9 +157,9 @@ async function copyRows(client: pg.PoolClient | pg.Client, rows: readonly Ingest
     const r = rows[i];
     if (r.receivedAt !== lastRecv) {
       lastRecv = r.receivedAt;
-      recvIso = new Date(lastRecv).toISOString();
+      recvIso = isoMicros(lastRecv);
     }
-    let line = `${i}\t${round[i]}\t${dupExtra[i]}\t${r.intervalS}\t${r.nodeId}\t${new Date(r.ts).toISOString()}\t${recvIso}`;
+    let line = `${i}\t${round[i]}\t${dupExtra[i]}\t${r.intervalS}\t${isLast[i] ? 't' : 'f'}\t${r.nodeId}\t${new Date(r.ts).toISOString()}\t${recvIso}`;
     const v = r.values;
     for (let k = 0; k < v.length; k++) line += v[k] === null ? '\t\\N' : `\t${v[k]}`;
     line += `\t${r.healthStatus ?? '\\N'}\t${r.quality ?? '\\N'}\t${r.extra === null ? '\\N' : escapeCopy(r.extra)}\t${r.flags}\n`;
@@ -187,6 +208,16 @@ export async function writeRows(client: pg.PoolClient | pg.Client, rows: readonl
     }
   }
   if (rounds === 0) rounds = 1;
+  // The newest row of each node in each round feeds telemetry_latest.
+  const isLast = new Uint8Array(n);
+  const newest = new Map<string, number>();
+  for (let i = 0; i < n; i++) {
+    if (!include[i]) continue;
+    const key = rounds === 1 ? rows[i].nodeId : `${round[i]}\u0000${rows[i].nodeId}`;
+    const j = newest.get(key);
+    if (j === undefined || rows[j].ts < rows[i].ts) newest.set(key, i);
+  }
+  for (const i of newest.values()) isLast[i] = 1;
   const result: WriteResult = { outcome, stored: 0, duplicates, corrected: 0, latest: [], changed: [] };
   if (duplicates === n) return result;
 
@@ -194,17 +225,29 @@ export async function writeRows(client: pg.PoolClient | pg.Client, rows: readonl
     await client.query(STAGE_DDL);
     staged.add(client);
   }
-  await copyRows(client, rows, include, round, dupExtra);
+  // The statement is prepared once per connection, so its plan must suit any staged size: the
+  // planner's guess for a temp table is a few rows, and a nested loop over the returned rows
+  // would be quadratic. Hash joins are linear at every size. (The lateral generate_series stays a
+  // nested loop and carries the disabled-node cost penalty, which must not trigger JIT compilation.)
+  await client.query('SET LOCAL enable_nestloop = off; SET LOCAL jit = off');
+  await copyRows(client, rows, include, round, dupExtra, isLast);
   const latest = new Map<string, LatestChange>();
   const changed = new Map<string, ChangedRange>();
+  const perRound = new Int32Array(rounds);
+  for (let i = 0; i < n; i++) if (include[i]) perRound[round[i]]++;
   for (let k = 0; k < rounds; k++) {
-    const { rows: out } = await client.query<{ cls: [number, boolean | null][]; latest: [string, number, number, Record<string, unknown>, number][]; changed: [string, number, number][] }>(applySql(k));
+    const { rows: out } = await client.query<{ written: number; corrected: number; latest: [string, number, number, Record<string, unknown>, number][]; changed: [string, number, number][] }>({
+      name: `vpp_telemetry_apply_${k}`,
+      text: applySql(k),
+    });
     const res = out[0];
-    for (const [seq, inserted] of res.cls) {
-      if (inserted === null) {
+    result.corrected += res.corrected;
+    if (res.written < perRound[k]) {
+      const { rows: d } = await client.query<{ seqs: number[] }>({ name: `vpp_telemetry_dups_${k}`, text: duplicatesSql(k) });
+      for (const seq of d[0].seqs) {
         outcome[seq] = OUTCOME_DUPLICATE;
         result.duplicates++;
-      } else result.corrected++;
+      }
     }
     for (const [nodeId, ts, receivedAt, reading, version] of res.latest) latest.set(nodeId, { nodeId, ts, receivedAt, reading, version: Number(version) });
     for (const [nodeId, from, to] of res.changed) {

@@ -1,0 +1,277 @@
+/**
+ * Telemetry ingestion figures, each on a fresh database with a deterministic fleet:
+ *  (a) raw ceiling: the same rows written straight into telemetry by plain SQL with the same
+ *      duplicate semantics (COPY into a staging table + INSERT … ON CONFLICT DO UPDATE WHERE
+ *      distinct, sorted), 2 connections, 10,000 rows a transaction;
+ *  (b) sync HTTP batch ingestion, 1,000 readings a request, 8 concurrent keep-alive clients;
+ *  (c) single-reading ingestion, 32 concurrent clients;
+ *  (d) GET latest p50 / p99.
+ * Prints medians of ctx.runs runs and the ratio (b)/(a) of each run.
+ */
+import http from 'node:http';
+import { mkdtemp, rm } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+import { loadConfig } from '../../src/config.js';
+import { createLogger } from '../../src/logger.js';
+import { createContainer, type Container } from '../../src/container.js';
+import { buildApp } from '../../src/app.js';
+import { median, percentile, rng, type BenchContext, type BenchSection } from '../harness.js';
+
+const KEY = 'bench-ingest-admin-key';
+const NODES = 1000;
+/** Readings per node for (a) and (b): 1,000 nodes × 300 one-minute readings = 300,000 rows. */
+const PER_NODE = 300;
+const BATCH = 1000;
+const BATCH_CLIENTS = 8;
+const SINGLE_CLIENTS = 32;
+const SINGLE_READINGS = 20_000;
+const LATEST_REQUESTS = 2000;
+
+interface Reading {
+  nodeId: string;
+  timestamp: string;
+  powerKw: number;
+  voltageV: number;
+  frequencyHz: number;
+  stateOfChargePct: number;
+  healthStatus: string;
+  quality: string;
+}
+
+const nodeId = (i: number) => `bench-node-${String(i).padStart(4, '0')}`;
+
+/** The fleet's readings in arrival order: time-major (each minute, every node reports). */
+function fleetReadings(start: number, perNode: number, seed: number): Reading[] {
+  const rand = rng(seed);
+  const out: Reading[] = [];
+  for (let k = 0; k < perNode; k++) {
+    const ts = new Date(start + k * 60_000).toISOString();
+    for (let n = 0; n < NODES; n++) {
+      out.push({
+        nodeId: nodeId(n),
+        timestamp: ts,
+        powerKw: Math.round((rand() * 2000 - 1000) * 100) / 100,
+        voltageV: Math.round((398 + rand() * 4) * 10) / 10,
+        frequencyHz: Math.round((49.95 + rand() * 0.1) * 1000) / 1000,
+        stateOfChargePct: Math.round(rand() * 1000) / 10,
+        healthStatus: 'ok',
+        quality: 'measured',
+      });
+    }
+  }
+  return out;
+}
+
+async function seedNodes(url: string): Promise<void> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    await c.query(
+      `INSERT INTO nodes (node_id, type, status, capacity_kw, timezone, telemetry_interval_seconds, doc)
+       SELECT 'bench-node-' || lpad(i::text, 4, '0'), 'battery', 'active', 1000, 'UTC', 60, '{}'::jsonb FROM generate_series(0, $1 - 1) i`,
+      [NODES],
+    );
+  } finally {
+    await c.end();
+  }
+}
+
+const COLS = 'node_id, ts, received_at, power_kw, voltage_v, frequency_hz, state_of_charge_pct, health_status, quality';
+const VALUE_COLS = ['power_kw', 'voltage_v', 'frequency_hz', 'state_of_charge_pct', 'health_status', 'quality'];
+const RAW_SQL = `INSERT INTO telemetry AS t (${COLS}) SELECT ${COLS} FROM raw_stage ORDER BY node_id, ts
+  ON CONFLICT (node_id, ts) DO UPDATE SET received_at = EXCLUDED.received_at, ${VALUE_COLS.map((c) => `${c} = EXCLUDED.${c}`).join(', ')}
+  WHERE (${VALUE_COLS.map((c) => `t.${c}`).join(', ')}) IS DISTINCT FROM (${VALUE_COLS.map((c) => `EXCLUDED.${c}`).join(', ')})`;
+
+/** (a): plain SQL, 2 connections (nodes split between them), 10,000 rows a transaction. */
+async function rawCeiling(url: string, readings: Reading[]): Promise<number> {
+  const days = new Set(readings.map((r) => r.timestamp.slice(0, 10)));
+  const setup = new pg.Client({ connectionString: url });
+  await setup.connect();
+  for (const d of days) await setup.query('SELECT ensure_telemetry_partition($1::date)', [d]);
+  await setup.end();
+  const recv = new Date().toISOString();
+  // Text prepared before timing: the figure is the database's, not the serialiser's.
+  const chunks: string[][] = [[], []];
+  const parts: string[][] = [[], []];
+  for (const r of readings) {
+    const w = Number(r.nodeId.slice(-4)) % 2;
+    parts[w].push(`${r.nodeId}\t${r.timestamp}\t${recv}\t${r.powerKw}\t${r.voltageV}\t${r.frequencyHz}\t${r.stateOfChargePct}\t${r.healthStatus}\t${r.quality}\n`);
+    if (parts[w].length === 10_000) {
+      chunks[w].push(parts[w].join(''));
+      parts[w] = [];
+    }
+  }
+  for (let w = 0; w < 2; w++) if (parts[w].length) chunks[w].push(parts[w].join(''));
+  const clients = await Promise.all(
+    [0, 1].map(async () => {
+      const c = new pg.Client({ connectionString: url });
+      await c.connect();
+      await c.query(`CREATE TEMP TABLE raw_stage (node_id text, ts timestamptz, received_at timestamptz, power_kw float8, voltage_v float8, frequency_hz float8, state_of_charge_pct float8, health_status text, quality text) ON COMMIT DELETE ROWS`);
+      return c;
+    }),
+  );
+  const t0 = performance.now();
+  await Promise.all(
+    clients.map(async (c, w) => {
+      for (const text of chunks[w]) {
+        await c.query('BEGIN');
+        await new Promise<void>((resolve, reject) => {
+          const s = c.query(copyFrom(`COPY raw_stage FROM STDIN`));
+          s.on('error', reject);
+          s.on('finish', resolve);
+          s.end(text);
+        });
+        await c.query(RAW_SQL);
+        await c.query('COMMIT');
+      }
+    }),
+  );
+  const seconds = (performance.now() - t0) / 1000;
+  await Promise.all(clients.map((c) => c.end()));
+  return readings.length / seconds;
+}
+
+interface Service {
+  container: Container;
+  port: number;
+  agent: http.Agent;
+  close(): Promise<void>;
+}
+
+async function startService(ctx: BenchContext, url: string): Promise<Service> {
+  const tmp = await mkdtemp(path.join(os.tmpdir(), 'vpp-bench-ingest-'));
+  const config = loadConfig({ DATABASE_URL: url, API_KEYS: `${KEY}=admin`, LOG_DIR: tmp, DATA_DIR: tmp, LOG_LEVEL: 'warn', RATE_LIMIT_PER_MINUTE: '0', REDIS_URL: ctx.redisUrl });
+  const logger = createLogger(config, { stdout: false });
+  const container = await createContainer(config, logger, { keyPrefix: `bench-ingest-${process.pid}-${Date.now()}:`, defaultMetrics: false });
+  const app = await buildApp(container, {});
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  await container.start();
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+  return {
+    container,
+    port: (app.server.address() as AddressInfo).port,
+    agent,
+    async close() {
+      agent.destroy();
+      await app.close();
+      await container.close();
+      await rm(tmp, { recursive: true, force: true });
+    },
+  };
+}
+
+function send(s: Service, method: string, urlPath: string, body?: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: '127.0.0.1', port: s.port, method, path: urlPath, agent: s.agent, headers: { authorization: `Bearer ${KEY}`, ...(body ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } : {}) } },
+      (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (d: Buffer) => parts.push(d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(parts).toString() }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** Runs `clients` workers that take jobs from a shared list until it is empty. */
+async function pool<T>(jobs: T[], clients: number, fn: (job: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: clients }, async () => {
+      while (next < jobs.length) await fn(jobs[next++]);
+    }),
+  );
+}
+
+async function httpBatches(s: Service, readings: Reading[]): Promise<{ rate: number; stored: number }> {
+  const bodies: string[] = [];
+  for (let i = 0; i < readings.length; i += BATCH) bodies.push(JSON.stringify({ readings: readings.slice(i, i + BATCH) }));
+  let stored = 0;
+  const t0 = performance.now();
+  await pool(bodies, BATCH_CLIENTS, async (body) => {
+    const r = await send(s, 'POST', '/api/telemetry/batch', body);
+    if (r.status !== 200) throw new Error(`batch ingestion answered ${r.status}: ${r.body.slice(0, 300)}`);
+    stored += (JSON.parse(r.body) as { stored: number }).stored;
+  });
+  return { rate: readings.length / ((performance.now() - t0) / 1000), stored };
+}
+
+async function httpSingles(s: Service, readings: Reading[]): Promise<number> {
+  const jobs = readings.map((r) => {
+    const { nodeId: id, ...rest } = r;
+    return { path: `/api/telemetry/${id}`, body: JSON.stringify(rest) };
+  });
+  const t0 = performance.now();
+  await pool(jobs, SINGLE_CLIENTS, async (j) => {
+    const r = await send(s, 'POST', j.path, j.body);
+    if (r.status !== 201) throw new Error(`single ingestion answered ${r.status}: ${r.body.slice(0, 300)}`);
+  });
+  return readings.length / ((performance.now() - t0) / 1000);
+}
+
+async function latestLatency(s: Service): Promise<number[]> {
+  const rand = rng(99);
+  const out: number[] = [];
+  for (let i = 0; i < LATEST_REQUESTS; i++) {
+    const id = nodeId(Math.floor(rand() * NODES));
+    const t0 = performance.now();
+    const r = await send(s, 'GET', `/api/telemetry/${id}/latest`);
+    out.push(performance.now() - t0);
+    if (r.status !== 200) throw new Error(`latest answered ${r.status}: ${r.body.slice(0, 200)}`);
+  }
+  return out;
+}
+
+export const section: BenchSection = {
+  name: 'telemetry-ingest',
+  async run(ctx) {
+    const S = 'telemetry-ingest';
+    // Recent measurement times (inside retention), minute-aligned, the same every run.
+    const start = Math.floor((Date.now() - 2 * 86_400_000) / 86_400_000) * 86_400_000;
+    const readings = fleetReadings(start, PER_NODE, 42);
+    const singles = fleetReadings(start + PER_NODE * 60_000, Math.ceil(SINGLE_READINGS / NODES), 7).slice(0, SINGLE_READINGS);
+    const raw: number[] = [];
+    const batch: number[] = [];
+    const ratio: number[] = [];
+    const single: number[] = [];
+    const p50: number[] = [];
+    const p99: number[] = [];
+    for (let run = 0; run < ctx.runs; run++) {
+      const rawDb = await ctx.freshDatabase();
+      await seedNodes(rawDb);
+      const a = await rawCeiling(rawDb, readings);
+
+      const svcDb = await ctx.freshDatabase();
+      await seedNodes(svcDb);
+      const s = await startService(ctx, svcDb);
+      try {
+        const b = await httpBatches(s, readings);
+        if (b.stored !== readings.length) throw new Error(`stored ${b.stored} of ${readings.length}`);
+        const c = await httpSingles(s, singles);
+        const lat = await latestLatency(s);
+        raw.push(a);
+        batch.push(b.rate);
+        ratio.push(b.rate / a);
+        single.push(c);
+        p50.push(percentile(lat, 50));
+        p99.push(percentile(lat, 99));
+        console.log(`   run ${run + 1}: (a) ${Math.round(a)}/s  (b) ${Math.round(b.rate)}/s  (b)/(a) ${(b.rate / a).toFixed(3)}  (c) ${Math.round(c)}/s  latest p50 ${percentile(lat, 50).toFixed(3)} ms`);
+      } finally {
+        await s.close();
+      }
+    }
+    const cache = ctx.redisUrl ? 'Redis cache/pub-sub' : 'in-process cache';
+    ctx.report(S, '(a) raw ceiling: COPY + INSERT ON CONFLICT, 2 connections', median(raw), 'readings/s', `${readings.length} rows`);
+    ctx.report(S, '(b) sync HTTP batch, 1,000/request, 8 clients', median(batch), 'readings/s', cache);
+    ctx.report(S, '(b)/(a) same run', median(ratio), 'ratio', 'bar ≥ 0.75');
+    ctx.report(S, '(c) single-reading HTTP, 32 clients', median(single), 'readings/s', `${SINGLE_READINGS} readings`);
+    ctx.report(S, '(d) GET latest p50', median(p50), 'ms', `p99 ${median(p99).toFixed(2)} ms`);
+  },
+};
