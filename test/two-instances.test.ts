@@ -125,4 +125,44 @@ describe('two service processes on one PostgreSQL and one Redis behave as one se
     assert.equal(statuses.filter((s) => s === 429).length, 6);
     assert.ok(Number(retryAfter) >= 1);
   });
+
+  test('SSE: a reading ingested on one instance reaches a stream client of the other', async () => {
+    const [a, b] = services;
+    const ctrl = new AbortController();
+    const res = await fetch(`${b.url}/api/realtime/stream?nodeId=sse-two-1`, { headers: { authorization: `Bearer ${ADMIN}`, accept: 'text/event-stream' }, signal: ctrl.signal });
+    assert.equal(res.status, 200);
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    const event = (async () => {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error('stream ended');
+        buffer += decoder.decode(value, { stream: true });
+        const m = /event: telemetry\ndata: (.*)\n/.exec(buffer);
+        if (m) return JSON.parse(m[1]) as Record<string, unknown>;
+      }
+    })();
+    try {
+      // Let B's subscription settle, then write through A.
+      await new Promise((r) => setTimeout(r, 300));
+      const ts = Date.now() - 5_000;
+      const t0 = performance.now();
+      const w = await fetch(`${a.url}/api/telemetry/sse-two-1`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ timestamp: ts, powerKw: 42.5 }),
+      });
+      assert.equal(w.status, 201);
+      const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no telemetry event on B within 5 s; got: ${buffer.slice(0, 500)}`)), 5_000));
+      const got = await Promise.race([event, timeout]);
+      const ms = performance.now() - t0;
+      assert.equal(got.nodeId, 'sse-two-1');
+      assert.ok(JSON.stringify(got).includes('42.5'), JSON.stringify(got));
+      console.log(`# two instances: telemetry event written on A reached an SSE client of B ${Math.round(ms)} ms after the write was sent`);
+    } finally {
+      ctrl.abort();
+      await event.catch(() => undefined);
+    }
+  });
 });
