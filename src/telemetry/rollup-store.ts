@@ -71,17 +71,35 @@ export interface TierPiece {
   idx: number;
 }
 
-// LATERAL keeps one index range scan per piece whatever the table statistics say (OFFSET 0 stops the planner from flattening it; a fresh,
-// unanalyzed rollup table otherwise invites a nested loop over the whole node's rows).
-function aggSelect(table: string, tierParams: { lo: number; hi: number; idx: number }): string {
-  return `SELECT p.idx, r.field, sum(r.n)::float8 AS n, sum(r.sum) AS sum, min(r.min) AS min, max(r.max) AS max,
+const AGG_COLUMNS = `sum(r.n)::float8 AS n, sum(r.sum) AS sum, min(r.min) AS min, max(r.max) AS max,
       (array_agg(r.first_v ORDER BY r.bucket_start) FILTER (WHERE r.n > 0))[1] AS first_v,
       (extract(epoch FROM min(r.first_ts)) * 1000)::float8 AS first_ts,
       (array_agg(r.last_v ORDER BY r.bucket_start DESC) FILTER (WHERE r.n > 0))[1] AS last_v,
       (extract(epoch FROM max(r.last_ts)) * 1000)::float8 AS last_ts,
       sum(r.integral) AS integral, sum(r.held) AS held,
-      sum(r.exported_kwh) AS exported_kwh, sum(r.imported_kwh) AS imported_kwh, sum(r.available_s) AS available_s
-    FROM unnest($${tierParams.lo}::timestamptz[], $${tierParams.hi}::timestamptz[], $${tierParams.idx}::int[]) AS p(lo, hi, idx)
+      sum(r.exported_kwh) AS exported_kwh, sum(r.imported_kwh) AS imported_kwh, sum(r.available_s) AS available_s`;
+
+/**
+ * Pieces that cover most of their span: one index range scan over the span, each row mapped
+ * to its piece by `width_bucket` over the pieces' bounds (rows between pieces map to -1).
+ */
+function scanSelect(table: string, p: { th: number; map: number; lo: number; hi: number }): string {
+  return `SELECT r.idx, r.field, ${AGG_COLUMNS}
+    FROM (SELECT x.*, ($${p.map}::int[])[width_bucket(x.bucket_start, $${p.th}::timestamptz[])] AS idx
+          FROM ${table} x
+          WHERE x.node_id = $1 AND x.field = ANY($2::smallint[]) AND x.bucket_start >= $${p.lo} AND x.bucket_start < $${p.hi}) r
+    WHERE r.idx >= 0
+    GROUP BY r.idx, r.field`;
+}
+
+/**
+ * Sparse pieces (e.g. the 15-minute edges of each local day): one index range scan per piece.
+ * LATERAL with OFFSET 0 keeps that plan whatever the statistics say (a fresh, unanalyzed rollup
+ * table otherwise invites a nested loop over all of the node's rows).
+ */
+function probeSelect(table: string, p: { lo: number; hi: number; idx: number }): string {
+  return `SELECT p.idx, r.field, ${AGG_COLUMNS}
+    FROM unnest($${p.lo}::timestamptz[], $${p.hi}::timestamptz[], $${p.idx}::int[]) AS p(lo, hi, idx)
     CROSS JOIN LATERAL (SELECT * FROM ${table} x
                         WHERE x.node_id = $1 AND x.field = ANY($2::smallint[]) AND x.bucket_start >= p.lo AND x.bucket_start < p.hi OFFSET 0) r
     GROUP BY p.idx, r.field`;
@@ -114,10 +132,26 @@ export async function addTierAggregates(q: Queryable, nodeId: string, fieldCodes
   const params: unknown[] = [nodeId, fieldCodes];
   const selects: string[] = [];
   for (const tier of Object.keys(TIER_TABLE) as Tier[]) {
-    const mine = pieces.filter((p) => p.tier === tier);
+    const mine = pieces.filter((p) => p.tier === tier).sort((a, b) => a.lo - b.lo);
     if (mine.length === 0) continue;
-    params.push(mine.map((p) => iso(p.lo)), mine.map((p) => iso(p.hi)), mine.map((p) => p.idx));
-    selects.push(aggSelect(TIER_TABLE[tier], { lo: params.length - 2, hi: params.length - 1, idx: params.length }));
+    const span = mine[mine.length - 1].hi - mine[0].lo;
+    const covered = mine.reduce((s, p) => s + (p.hi - p.lo), 0);
+    if (span <= 2 * covered + 64 * TIER_MS[tier]) {
+      const th: number[] = [];
+      const map: number[] = [];
+      for (const p of mine) {
+        if (th.length > 0 && th[th.length - 1] !== p.lo) map.push(-1); // the gap before this piece
+        if (th.length === 0 || th[th.length - 1] !== p.lo) th.push(p.lo);
+        map.push(p.idx);
+        th.push(p.hi);
+      }
+      map.push(-1); // at or after the last bound
+      params.push(th.map(iso), map, iso(mine[0].lo), iso(mine[mine.length - 1].hi));
+      selects.push(scanSelect(TIER_TABLE[tier], { th: params.length - 3, map: params.length - 2, lo: params.length - 1, hi: params.length }));
+    } else {
+      params.push(mine.map((p) => iso(p.lo)), mine.map((p) => iso(p.hi)), mine.map((p) => p.idx));
+      selects.push(probeSelect(TIER_TABLE[tier], { lo: params.length - 2, hi: params.length - 1, idx: params.length }));
+    }
   }
   const { rows } = await q.query<AggRow>(selects.join('\nUNION ALL\n'), params);
   for (const r of rows) {
