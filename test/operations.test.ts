@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { createTestApp, type TestApp } from './support/app.js';
+import { createTestApp, KEYS, type TestApp } from './support/app.js';
 import { OPERATIONS_JOBS, restoreArchive, runRollupRetention, type ArchiveManifest } from '../src/operations/index.js';
 
 const DAY = 86_400_000;
@@ -347,6 +347,46 @@ describe('operations: partitions, retention, archive, restore', () => {
       assert.equal(await waiting, 'answered');
     }
   });
+});
+
+describe('operations admin routes', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+  });
+  after(async () => t?.close());
+
+  test('list and run jobs (admin); the run goes through the job lock and is recorded', async () => {
+    const list = await t.request({ method: 'GET', url: '/api/operations/jobs' });
+    assert.equal(list.statusCode, 200);
+    const names = (list.json().items as { job: string }[]).map((i) => i.job);
+    for (const j of Object.values(OPERATIONS_JOBS)) assert.ok(names.includes(j), j);
+    const run = await t.request({ method: 'POST', url: `/api/operations/jobs/${OPERATIONS_JOBS.partitions}/run` });
+    assert.equal(run.statusCode, 200, run.body);
+    assert.equal(run.json().outcome, 'ok');
+    const { rows } = await t.container.db.pool.query<{ runs: number; instance_id: string }>('SELECT runs, instance_id FROM job_runs WHERE job = $1', [OPERATIONS_JOBS.partitions]);
+    assert.ok(rows[0].runs >= 1);
+    assert.equal(rows[0].instance_id, list.json().instanceId);
+  });
+
+  for (const [what, req, status, code] of [
+    ['no key', { method: 'GET', url: '/api/operations/jobs', key: null }, 401, undefined],
+    ['a read key', { method: 'GET', url: '/api/operations/jobs', key: KEYS.read }, 403, undefined],
+    ['a telemetry key running a job', { method: 'POST', url: '/api/operations/jobs/telemetry-partitions/run', key: KEYS.telemetry }, 403, undefined],
+    ['an unknown job', { method: 'POST', url: '/api/operations/jobs/no-such-job/run' }, 404, 'JOB_NOT_FOUND'],
+    ['a malformed job name', { method: 'POST', url: '/api/operations/jobs/Bad%20Name!/run' }, 400, 'VALIDATION_ERROR'],
+    ['a too long job name', { method: 'POST', url: `/api/operations/jobs/${'a'.repeat(80)}/run` }, 400, 'VALIDATION_ERROR'],
+  ] as const) {
+    test(`${what} gets ${status} with the error envelope`, async () => {
+      const r = await t.request(req as never);
+      assert.equal(r.statusCode, status, r.body);
+      const body = r.json();
+      assert.equal(typeof body.error.code, 'string');
+      assert.equal(typeof body.error.message, 'string');
+      assert.ok(Array.isArray(body.error.details));
+      if (code) assert.equal(body.error.code, code);
+    });
+  }
 });
 
 describe('metric names across every domain follow Prometheus conventions', () => {
