@@ -1,0 +1,184 @@
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createTestApp, KEYS, type TestApp } from './support/app.js';
+import { accumulate, mergeRanges } from '../src/telemetry/rollup-compute.js';
+import { NUMERIC_FIELDS } from '../src/telemetry/rollup-fields.js';
+import { loadDirtyMarks, loadReadings, writeRefreshedBuckets, type BucketRow } from '../src/telemetry/rollup-store.js';
+import { withTransaction } from '../src/db/pool.js';
+import { planPieces } from '../src/telemetry/query-engine.js';
+import { close, putNode, reference, rng, writeReadings, type TestReading } from './telemetry-query-helpers.js';
+
+const iso = (s: string) => Date.parse(s);
+const Q = 900_000;
+
+describe('rollup tiers and the refresher', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+  });
+  after(async () => t?.close());
+
+  const get = (node: string, q: string) => t.request({ method: 'GET', url: `/api/telemetry/${node}/historical?${q}`, key: KEYS.read });
+
+  test('15 m rows equal the reference per bucket; 1 h and 1 d rows equal the merge of their children', async () => {
+    const nodeId = 'ru-tiers';
+    await putNode(t, { nodeId, telemetryIntervalSeconds: 30 });
+    const rand = rng(5);
+    const rs: TestReading[] = [];
+    for (let ts = iso('2026-11-24T22:00:00Z'); ts < iso('2026-11-26T02:00:00Z'); ts += 30_000) {
+      if (rand() < 0.05) continue;
+      rs.push({ ts: ts + Math.round(rand() * 5000), powerKw: Math.round((rand() - 0.5) * 2000) / 10, voltageV: rand() < 0.2 ? null : 230 + rand(), healthStatus: rand() < 0.1 ? 'offline' : 'ok' });
+    }
+    await writeReadings(t.container.db.pool, nodeId, rs, 30);
+    const st = await t.container.jobs.runNow('rollup-refresh');
+    assert.equal(st.outcome, 'ok', st.error);
+    const { rows: dirty } = await t.container.db.pool.query('SELECT count(*)::int AS n FROM telemetry_dirty_buckets WHERE node_id = $1', [nodeId]);
+    assert.equal(dirty[0].n, 0, 'the refresher cleared every mark');
+    const { rows } = await t.container.db.pool.query(
+      `SELECT (extract(epoch FROM bucket_start) * 1000)::float8 AS b, n, sum, min, max, first_v, last_v, integral, held, exported_kwh, imported_kwh, available_s
+       FROM telemetry_rollup_15m WHERE node_id = $1 AND field = 0 ORDER BY bucket_start`,
+      [nodeId],
+    );
+    assert.ok(rows.length >= 4 * 28);
+    for (const r of rows) {
+      const ref = reference(rs, 90_000, r.b, r.b + Q);
+      assert.equal(r.n, ref.count);
+      close(r.sum, ref.sum ?? 0, 'sum');
+      close(r.min, ref.min, 'min');
+      close(r.max, ref.max, 'max');
+      close(r.first_v, ref.first, 'first');
+      close(r.last_v, ref.last, 'last');
+      close(r.integral / Math.max(r.held, 1e-300), ref.twa ?? 0, 'twa');
+      close(r.held, ref.heldSeconds, 'held');
+      close(r.exported_kwh, ref.exportedKwh, 'exported');
+      close(r.imported_kwh, ref.importedKwh, 'imported');
+      close(r.available_s, ref.availableSeconds, 'available');
+    }
+    const { rows: volt } = await t.container.db.pool.query(`SELECT (extract(epoch FROM bucket_start) * 1000)::float8 AS b, n, integral, held FROM telemetry_rollup_15m WHERE node_id = $1 AND field = 2`, [nodeId]);
+    for (const r of volt) {
+      const ref = reference(rs, 90_000, r.b, r.b + Q, 'voltageV');
+      assert.equal(r.n, ref.count);
+      close(r.held, ref.heldSeconds, 'voltage held');
+    }
+    // Coarser tiers are exactly the composition of finer ones.
+    for (const [coarse, fine, width] of [['telemetry_rollup_1h', 'telemetry_rollup_15m', '1 hour'], ['telemetry_rollup_1d', 'telemetry_rollup_1h', '24 hours']]) {
+      const { rows: pairs } = await t.container.db.pool.query(
+        `SELECT c.field, c.bucket_start, c.n, c.sum, c.min, c.max, c.first_v, c.last_v, c.integral, c.held, c.exported_kwh,
+                k.n AS kn, k.sum AS ksum, k.min AS kmin, k.max AS kmax, k.first_v AS kfirst, k.last_v AS klast, k.integral AS kintegral, k.held AS kheld, k.exported_kwh AS kexp
+         FROM ${coarse} c
+         CROSS JOIN LATERAL (
+           SELECT sum(f.n)::int AS n, sum(f.sum) AS sum, min(f.min) AS min, max(f.max) AS max,
+                  (array_agg(f.first_v ORDER BY f.bucket_start) FILTER (WHERE f.n > 0))[1] AS first_v,
+                  (array_agg(f.last_v ORDER BY f.bucket_start DESC) FILTER (WHERE f.n > 0))[1] AS last_v,
+                  sum(f.integral) AS integral, sum(f.held) AS held, sum(f.exported_kwh) AS exported_kwh
+           FROM ${fine} f WHERE f.node_id = $1 AND f.field = c.field AND f.bucket_start >= c.bucket_start AND f.bucket_start < c.bucket_start + interval '${width}') k
+         WHERE c.node_id = $1`,
+        [nodeId],
+      );
+      assert.ok(pairs.length > 0, coarse);
+      for (const r of pairs) {
+        const what = `${coarse} ${r.bucket_start.toISOString()} field ${r.field}`;
+        assert.equal(r.n, r.kn, `${what} n`);
+        for (const k of ['sum', 'min', 'max', 'first', 'last', 'integral', 'held', 'exp'] as const) {
+          const own = k === 'first' ? r.first_v : k === 'last' ? r.last_v : k === 'exp' ? r.exported_kwh : r[k];
+          close(own, r[`k${k}`], `${what} ${k}`);
+        }
+      }
+    }
+    // And every API answer from any tier equals the reference.
+    for (const q of ['interval=1d', 'interval=1h', 'interval=15m', 'interval=30m&tz=Asia/Kathmandu']) {
+      const r = await get(nodeId, `from=2026-11-24T22:00:00Z&to=2026-11-26T02:00:00Z&${q}&agg=twa,count,sum,first,last&fill=null`);
+      assert.equal(r.statusCode, 200, r.body);
+      const b = r.json().buckets as { start: string; powerKw: Record<string, number | null> }[];
+      b.forEach((x, i) => {
+        const start = Math.max(iso('2026-11-24T22:00:00Z'), Date.parse(x.start));
+        const end = i + 1 < b.length ? Date.parse(b[i + 1].start) : iso('2026-11-26T02:00:00Z');
+        const ref = reference(rs, 90_000, start, end);
+        close(x.powerKw.twa, ref.twa, `${q} ${x.start} twa`);
+        close(x.powerKw.count, ref.count, `${q} count`);
+        close(x.powerKw.sum, ref.sum, `${q} sum`);
+        close(x.powerKw.first, ref.first, `${q} first`);
+        close(x.powerKw.last, ref.last, `${q} last`);
+      });
+    }
+  });
+
+  test('a mark set again while the refresher computes survives, and the next run picks it up', async () => {
+    const nodeId = 'ru-race';
+    await putNode(t, { nodeId, telemetryIntervalSeconds: 60 });
+    const base = iso('2026-11-25T10:00:00Z');
+    await writeReadings(t.container.db.pool, nodeId, [{ ts: base, powerKw: 10 }, { ts: base + 60_000, powerKw: 20 }], 60);
+    // The refresher's first step: read the marks and the raw readings...
+    const marks = (await loadDirtyMarks(t.container.db.pool, 1000)).filter((m) => m.nodeId === nodeId);
+    assert.ok(marks.length > 0);
+    const periods = marks.map((m) => ({ start: m.bucketStart, end: m.bucketStart + Q }));
+    const readings = await loadReadings(t.container.db.pool, nodeId, NUMERIC_FIELDS, mergeRanges(periods.map((p) => ({ lo: p.start - 180_000, hi: p.end })), 0));
+    const partials = accumulate(readings, periods, 180_000, 0);
+    // ...meanwhile a correction lands in the same bucket and marks it again...
+    await writeReadings(t.container.db.pool, nodeId, [{ ts: base + 60_000, powerKw: 99 }], 60);
+    // ...then the refresher writes what it computed from the older readings.
+    const rows: BucketRow[] = [];
+    partials.forEach((p, i) => p.fields.forEach((agg, f) => (agg.n > 0 || agg.held > 0) && rows.push({ field: NUMERIC_FIELDS[f].code, bucketStart: periods[i].start, agg, extras: f === 0 ? p.extras : null })));
+    await withTransaction(t.container.db.pool, (c) => writeRefreshedBuckets(c, nodeId, marks, rows, 180));
+    const { rows: left } = await t.container.db.pool.query('SELECT count(*)::int AS n FROM telemetry_dirty_buckets WHERE node_id = $1 AND bucket_start = $2', [nodeId, new Date(base)]);
+    assert.equal(left[0].n, 1, 'the re-set mark was kept');
+    const q = 'from=2026-11-25T10:00:00Z&to=2026-11-25T10:15:00Z&interval=15m&agg=max';
+    const now = await get(nodeId, q);
+    assert.equal(now.json().buckets[0].powerKw.max, 99, 'queries still answer the dirty bucket from raw');
+    await t.container.jobs.runNow('rollup-refresh');
+    const after = await get(nodeId, q);
+    assert.equal(after.json().buckets[0].powerKw.max, 99);
+    assert.equal(after.headers['x-rollup-sources'], '15m');
+  });
+
+  test('a changed telemetry interval invalidates the node\'s rollups until they are recomputed with the new cap', async () => {
+    const nodeId = 'ru-cap';
+    await putNode(t, { nodeId, telemetryIntervalSeconds: 60 });
+    // Readings every 5 minutes: with a 3-minute cap each holds 3 min; with a 15-minute cap, 5 min.
+    const rs: TestReading[] = [];
+    for (let ts = iso('2026-11-25T00:00:00Z'); ts < iso('2026-11-25T06:00:00Z'); ts += 300_000) rs.push({ ts, powerKw: 60 });
+    await writeReadings(t.container.db.pool, nodeId, rs, 60);
+    await t.container.jobs.runNow('rollup-refresh');
+    const q = 'from=2026-11-25T00:00:00Z&to=2026-11-25T06:00:00Z&interval=1h&agg=twa';
+    const energyOf = async () => {
+      const r = await get(nodeId, `${q}&fill=null`);
+      return { tier: r.headers['x-rollup-tier'], body: r.json() };
+    };
+    const before = await energyOf();
+    assert.equal(before.tier, '1h');
+    close(before.body.buckets[1].powerKw.twa, 60, 'twa');
+    const held = (capMs: number) => reference(rs, capMs, iso('2026-11-25T01:00:00Z'), iso('2026-11-25T02:00:00Z')).heldSeconds;
+    assert.equal(held(180_000), 12 * 180);
+    await putNode(t, { nodeId, telemetryIntervalSeconds: 300 });
+    // Right after the change: the rollups' cap no longer matches, so the answer comes from raw.
+    const during = await energyOf();
+    assert.equal(during.tier, 'raw');
+    await t.container.jobs.runNow('rollup-refresh');
+    const after = await energyOf();
+    assert.equal(after.tier, '1h');
+    // Energy per hour now covers the full hour (held 3600 s × 60 kW = 60 kWh).
+    const { energyByPeriods } = await import('../src/telemetry/energy.js');
+    const e = await energyByPeriods(t.container.db.pool, { nodeId, telemetryIntervalSeconds: 300 }, [{ start: iso('2026-11-25T01:00:00Z'), end: iso('2026-11-25T02:00:00Z') }]);
+    assert.equal(e.tier, '1h');
+    close(e.periods[0].energyExportedKwh, 60, 'kWh with the new cap');
+    close(e.periods[0].heldSeconds, held(900_000), 'held with the new cap');
+  });
+
+  test('the planner covers each period exactly once, coarsest tiers first, avoiding dirty buckets', () => {
+    const day = 86_400_000;
+    const periods = [{ start: iso('2026-01-01T18:30:00Z'), end: iso('2026-01-02T18:30:00Z') }, { start: iso('2026-01-02T18:30:00Z'), end: iso('2026-01-04T03:07:00Z') }];
+    const dirty = [iso('2026-01-04T01:15:00Z')];
+    const { pieces, raw } = planPieces(periods, dirty, true);
+    const all = [...pieces.map((p) => ({ ...p })), ...raw.map((r) => ({ ...r, tier: 'raw' }))];
+    periods.forEach((p, idx) => {
+      const mine = all.filter((x) => x.idx === idx).sort((a, b) => a.lo - b.lo);
+      assert.equal(mine[0].lo, p.start);
+      assert.equal(mine[mine.length - 1].hi, p.end);
+      for (let i = 1; i < mine.length; i++) assert.equal(mine[i].lo, mine[i - 1].hi, 'contiguous, no overlap');
+    });
+    assert.ok(pieces.some((p) => p.tier === '1d' && p.hi - p.lo === day), 'a whole UTC day from the 1 d tier');
+    assert.ok(raw.some((r) => r.lo === dirty[0] && r.hi === dirty[0] + Q), 'the dirty bucket from raw');
+    assert.ok(raw.some((r) => r.hi === periods[1].end), 'the unaligned end from raw');
+    assert.ok(!pieces.some((p) => p.lo <= dirty[0] && dirty[0] < p.hi), 'no tier piece covers the dirty bucket');
+  });
+});
