@@ -214,6 +214,36 @@ describe('historical queries', () => {
     checkBuckets(refreshed.json().buckets, readings, cap, q.from, q.to, ['powerKw'], 'after refresh');
   });
 
+  test('through the real ingestion: an acknowledged write, and its correction, are in the very next answer', async () => {
+    const node = 'hq-ingest';
+    await putNode(t, { nodeId: node, telemetryIntervalSeconds: 60 });
+    const start = Math.floor((Date.now() - 3 * H) / H) * H;
+    const sent: TestReading[] = [];
+    for (let i = 0; i < 120; i++) sent.push({ ts: start + i * 60_000, powerKw: (i % 7) * 10 - 20, healthStatus: i % 11 === 0 ? 'fault' : 'ok' });
+    const post = (rs: TestReading[]) =>
+      t.request({
+        method: 'POST',
+        url: '/api/telemetry/batch',
+        key: KEYS.writer,
+        payload: { readings: rs.map((r) => ({ nodeId: node, timestamp: new Date(r.ts).toISOString(), powerKw: r.powerKw, healthStatus: r.healthStatus })) },
+      });
+    const w = await post(sent);
+    assert.equal(w.statusCode, 200, w.body);
+    const q = { from: start, to: start + 2 * H, interval: '15m', agg: AGGS.join(','), fill: 'null' };
+    checkBuckets((await get(node, q)).json().buckets, sent, 180_000, start, start + 2 * H, ['powerKw'], 'after ingestion');
+    await t.container.jobs.runNow('rollup-refresh');
+    const rolled = await get(node, q);
+    assert.equal(rolled.headers['x-rollup-sources'], '15m');
+    sent[30] = { ...sent[30], powerKw: 777 };
+    const c = await post([sent[30]]);
+    assert.equal(c.statusCode, 200, c.body);
+    const corrected = await get(node, q);
+    assert.match(String(corrected.headers['x-rollup-sources']), /raw/);
+    checkBuckets(corrected.json().buckets, sent, 180_000, start, start + 2 * H, ['powerKw'], 'after the correction');
+    await t.container.jobs.runNow('rollup-refresh');
+    checkBuckets((await get(node, q)).json().buckets, sent, 180_000, start, start + 2 * H, ['powerKw'], 'after the refresh');
+  });
+
   test('csv format (query parameter or Accept header)', async () => {
     const q = { from: '2026-11-20T00:00:00Z', to: '2026-11-20T03:00:00Z', interval: '1h', agg: 'avg,max,count' };
     const json = (await get(nodeId, q)).json().buckets as Bucket[];
