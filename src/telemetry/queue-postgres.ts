@@ -4,7 +4,7 @@ import type { Db } from '../db/pool.js';
 import { AppError, fromDatabaseError } from '../http/errors.js';
 import { QUEUE_FULL_RETRY_AFTER, decodeRows, encodeRows, type IngestQueue, type QueueStats } from './queue.js';
 import type { IngestRow } from './validate.js';
-import { writeRows, type PartitionCache, type WriterHooks } from './writer.js';
+import { BEGIN_WRITE, writeRows, type PartitionCache, type WriterHooks } from './writer.js';
 
 /** Advisory lock serialising enqueues, so the bound check and the insert are one step. */
 const ENQUEUE_LOCK = 7_460_003;
@@ -99,7 +99,7 @@ export class PostgresQueue implements IngestQueue {
     const client = await this.db.pool.connect();
     let broken = false;
     try {
-      await client.query('BEGIN');
+      await client.query(BEGIN_WRITE);
       const { rows: entries } = await client.query<{ id: string; payload: string }>(
         'SELECT id, payload FROM telemetry_ingest_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED',
         [this.batchEntries],

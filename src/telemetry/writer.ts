@@ -175,7 +175,16 @@ async function copyRows(client: pg.PoolClient | pg.Client, rows: readonly Ingest
 }
 
 /**
- * Writes rows on `client`, which must be inside a transaction (the caller commits). Rows are taken
+ * Starts a write transaction. The apply statement is prepared once per connection, so its plan
+ * must suit any staged size: the planner's guess for a temp table is a few rows, and a nested loop
+ * over the returned rows would be quadratic, while hash joins are linear at every size. (The
+ * lateral generate_series stays a nested loop and carries the disabled-node cost penalty, which
+ * must not trigger JIT compilation.) One round trip; the settings end with the transaction.
+ */
+export const BEGIN_WRITE = 'BEGIN; SET LOCAL enable_nestloop = off; SET LOCAL jit = off';
+
+/**
+ * Writes rows on `client`, which must be inside a transaction begun with BEGIN_WRITE (the caller commits). Rows are taken
  * in arrival order: a later identical copy of a key is a duplicate; a later different version
  * goes into the next round, applied after the earlier one, so counts are exactly those of
  * applying the readings one by one (last write wins).
@@ -225,11 +234,6 @@ export async function writeRows(client: pg.PoolClient | pg.Client, rows: readonl
     await client.query(STAGE_DDL);
     staged.add(client);
   }
-  // The statement is prepared once per connection, so its plan must suit any staged size: the
-  // planner's guess for a temp table is a few rows, and a nested loop over the returned rows
-  // would be quadratic. Hash joins are linear at every size. (The lateral generate_series stays a
-  // nested loop and carries the disabled-node cost penalty, which must not trigger JIT compilation.)
-  await client.query('SET LOCAL enable_nestloop = off; SET LOCAL jit = off');
   await copyRows(client, rows, include, round, dupExtra, isLast);
   const latest = new Map<string, LatestChange>();
   const changed = new Map<string, ChangedRange>();
@@ -328,7 +332,11 @@ export interface WriterHooks {
 }
 
 export interface WriterOptions {
-  /** Concurrent flushes (each on its own connection); nodes are spread over them by hash. */
+  /**
+   * Concurrent flushes (each on its own connection); nodes are spread over them by hash. Default 1:
+   * a request's rows then commit in one write, and writes stay large (the per-node cost of latest
+   * values and dirty buckets is paid once per write, so readings per node per write is what counts).
+   */
   slots?: number;
   /** Largest number of readings in one flush. */
   maxFlushRows?: number;
@@ -356,7 +364,7 @@ export class GroupCommitWriter {
     private readonly logger: Logger,
     opts: WriterOptions = {},
   ) {
-    this.slots = Array.from({ length: opts.slots ?? 2 }, () => ({ rows: [], owners: [], running: null }));
+    this.slots = Array.from({ length: opts.slots ?? 1 }, () => ({ rows: [], owners: [], running: null }));
     this.maxFlushRows = opts.maxFlushRows ?? 20_000;
     this.retries = opts.retries ?? 3;
   }
@@ -462,7 +470,7 @@ export class GroupCommitWriter {
         let broken = false;
         try {
           await this.partitions.ensureFor(rows, client);
-          await client.query('BEGIN');
+          await client.query(BEGIN_WRITE);
           const result = await writeRows(client, rows);
           await client.query('COMMIT');
           return result;
