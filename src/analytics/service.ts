@@ -20,6 +20,20 @@ import { fleetFingerprint, listLiveNodes, loadChains, nodeFingerprint, sumChains
 export const MAX_DAYS = 366;
 /** Most local months one monthly request may span. */
 export const MAX_MONTHS = 24;
+/** Earliest and latest calendar dates (and portfolio instants) analytics accepts. */
+export const FIRST_DATE = { y: 1970, m: 1, d: 1 };
+export const LAST_DATE = { y: 9999, m: 12, d: 30 };
+const FIRST_MS = Date.UTC(FIRST_DATE.y, FIRST_DATE.m - 1, FIRST_DATE.d);
+const LAST_MS = Date.UTC(LAST_DATE.y, LAST_DATE.m - 1, LAST_DATE.d);
+const civil = (c: { y: number; m: number; d: number }) => Date.UTC(c.y, c.m - 1, c.d);
+
+function checkBounds(a: { y: number; m: number; d: number }, b: { y: number; m: number; d: number }): void {
+  const details: ErrorDetail[] = [];
+  if (civil(a) < FIRST_MS || civil(a) > LAST_MS) details.push({ path: '/from', message: 'must be between 1970-01-01 and 9999-12-30' });
+  if (civil(b) < FIRST_MS || civil(b) > LAST_MS) details.push({ path: '/to', message: 'must be between 1970-01-01 and 9999-12-30' });
+  if (details.length) throw badRequest('dates must lie between 1970-01-01 and 9999-12-30', details, 'INVALID_DATE');
+}
+
 /** Longest portfolio period (ms). */
 export const MAX_PORTFOLIO_MS = 366 * 86_400_000;
 
@@ -224,6 +238,7 @@ export class AnalyticsService {
     if (!a) problems.push({ path: '/from', message: 'must be a month YYYY-MM' });
     if (!b) problems.push({ path: '/to', message: 'must be a month YYYY-MM' });
     if (problems.length) throw badRequest('from and to must be months YYYY-MM', problems, 'INVALID_DATE');
+    checkBounds({ ...a!, d: 1 }, { ...b!, d: new Date(Date.UTC(b!.y, b!.m, 0)).getUTCDate() });
     const months = (b!.y - a!.y) * 12 + (b!.m - a!.m) + 1;
     if (months < 1) throw badRequest('to must not be before from (both months are included)', [{ path: '/to', message: 'before from' }], 'INVALID_RANGE');
     if (months > MAX_MONTHS) throw badRequest(`at most ${MAX_MONTHS} months per request (asked ${months})`, [{ path: '/to', message: `range longer than ${MAX_MONTHS} months` }], 'RANGE_TOO_LONG');
@@ -378,6 +393,7 @@ export class AnalyticsService {
       if (to === undefined) details.push({ path: '/to', message: 'must be an RFC 3339 time, epoch milliseconds or a date YYYY-MM-DD (00:00 UTC)' });
       throw badRequest('from and to must be times', details, 'INVALID_TIME');
     }
+    if (from < FIRST_MS || to > LAST_MS) throw badRequest('the period must lie between 1970-01-01 and 9999-12-30', [{ path: from < FIRST_MS ? '/from' : '/to', message: 'out of range' }], 'INVALID_TIME');
     if (to <= from) throw badRequest('to must be after from (the period is [from, to))', [{ path: '/to', message: 'not after from' }], 'INVALID_RANGE');
     if (to - from > MAX_PORTFOLIO_MS) throw badRequest('the period may span at most 366 days', [{ path: '/to', message: 'range longer than 366 days' }], 'RANGE_TOO_LONG');
     const q = this.deps.db.readPool;
@@ -458,6 +474,7 @@ export class AnalyticsService {
     if (!a) problems.push({ path: '/from', message: 'must be a calendar date YYYY-MM-DD' });
     if (!b) problems.push({ path: '/to', message: 'must be a calendar date YYYY-MM-DD' });
     if (problems.length) throw badRequest('from and to must be calendar dates YYYY-MM-DD', problems, 'INVALID_DATE');
+    checkBounds(a!, b!);
     const days = Math.round((Date.UTC(b!.y, b!.m - 1, b!.d) - Date.UTC(a!.y, a!.m - 1, a!.d)) / 86_400_000) + 1;
     if (days < 1) throw badRequest('to must not be before from (both dates are included)', [{ path: '/to', message: 'before from' }], 'INVALID_RANGE');
     if (days > MAX_DAYS) throw badRequest(`at most ${MAX_DAYS} days per request (asked ${days})`, [{ path: '/to', message: `range longer than ${MAX_DAYS} days` }], 'RANGE_TOO_LONG');
