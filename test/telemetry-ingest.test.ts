@@ -119,6 +119,8 @@ describe('telemetry ingestion (sync)', () => {
       [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, quality: 'guessed' }, '/quality'],
       [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, extra: { blob: 'x'.repeat(4100) } }, '/extra'],
       [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, extra: [1, 2] }, '/extra'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, extra: { s: 'a\u0000b' } }, '/extra'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, extra: { s: '\ud800' } }, '/extra'],
       [{ nodeId: 'nobody-here', timestamp: ts, powerKw: 1 }, '/nodeId'],
       [{ nodeId: 'bad id!', timestamp: ts, powerKw: 1 }, '/nodeId'],
       [{ timestamp: ts, powerKw: 1 }, '/nodeId'],
@@ -141,7 +143,7 @@ describe('telemetry ingestion (sync)', () => {
       );
     });
     assert.equal(body.rejected[0].nodeId, 'bat-1');
-    assert.equal(body.rejected[19].nodeId, null);
+    assert.equal(body.rejected[21].nodeId, null);
   });
 
   test('non-finite numbers are rejected (1e999 parses to Infinity)', async () => {

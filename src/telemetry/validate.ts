@@ -72,6 +72,8 @@ export interface Rejection {
 export type RejectReason = 'schema' | 'timestamp' | 'future' | 'retention' | 'extra_size' | 'unknown_node' | 'node_mismatch';
 
 const NODE_ID_RE = new RegExp(NODE_ID_PATTERN);
+/** In JSON.stringify output: an escaped NUL, or an escaped surrogate (paired ones are written raw). */
+const UNSTORABLE_JSON = /(?<!\\)(?:\\\\)*\\u(?:0000|d[89a-f][0-9a-f]{2})/i;
 
 const num = (extra: Record<string, unknown> = {}) => ({ type: 'number', ...extra });
 
@@ -150,6 +152,8 @@ export class ReadingValidator {
     let extra: string | null = null;
     if (r.extra !== undefined) {
       extra = JSON.stringify(r.extra);
+      // jsonb cannot hold NUL characters or unpaired surrogates; one such value would fail a whole write.
+      if (UNSTORABLE_JSON.test(extra)) return fail([{ path: `${prefix}/extra`, message: 'must not contain NUL characters or unpaired UTF-16 surrogates' }], 'schema');
       // Characters never exceed bytes, so the byte count is only needed near the bound.
       if (extra.length > EXTRA_MAX_BYTES / 4 && Buffer.byteLength(extra) > EXTRA_MAX_BYTES) {
         return fail([{ path: `${prefix}/extra`, message: `must be at most ${EXTRA_MAX_BYTES} bytes as JSON` }], 'extra_size');

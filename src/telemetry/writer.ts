@@ -143,6 +143,23 @@ function escapeCopy(s: string): string {
   return /[\\\t\n\r]/.test(s) ? s.replace(/\\/g, '\\\\').replace(/\t/g, '\\t').replace(/\n/g, '\\n').replace(/\r/g, '\\r') : s;
 }
 
+/** Up to this many rows, the staging table is filled by one parameterised INSERT (one round trip; COPY takes two). */
+const SMALL_WRITE_ROWS = 256;
+const INSERT_STAGE_SQL = `INSERT INTO telemetry_stage SELECT * FROM json_populate_recordset(NULL::telemetry_stage, $1::json)`;
+
+async function insertRows(client: pg.PoolClient | pg.Client, rows: readonly IngestRow[], include: Uint8Array, round: Int32Array, dupExtra: Int32Array, isLast: Uint8Array): Promise<void> {
+  const parts: string[] = [];
+  for (let i = 0; i < rows.length; i++) {
+    if (!include[i]) continue;
+    const r = rows[i];
+    let o = `{"seq":${i},"round":${round[i]},"dup_extra":${dupExtra[i]},"interval_s":${r.intervalS},"is_last":${isLast[i] ? 'true' : 'false'},"node_id":${JSON.stringify(r.nodeId)},"ts":"${new Date(r.ts).toISOString()}","received_at":"${isoMicros(r.receivedAt)}"`;
+    for (let k = 0; k < COLS.length; k++) o += `,"${COLS[k]}":${r.values[k] === null ? 'null' : r.values[k]}`;
+    o += `,"health_status":${r.healthStatus === null ? 'null' : JSON.stringify(r.healthStatus)},"quality":${r.quality === null ? 'null' : JSON.stringify(r.quality)},"extra":${r.extra ?? 'null'},"flags":${r.flags}}`;
+    parts.push(o);
+  }
+  await client.query({ name: 'vpp_telemetry_stage_insert', text: INSERT_STAGE_SQL, values: [`[${parts.join(',')}]`] });
+}
+
 async function copyRows(client: pg.PoolClient | pg.Client, rows: readonly IngestRow[], include: Uint8Array, round: Int32Array, dupExtra: Int32Array, isLast: Uint8Array): Promise<void> {
   const stream = client.query(copyFrom(COPY_SQL));
   const done = new Promise<void>((resolve, reject) => {
@@ -234,7 +251,8 @@ export async function writeRows(client: pg.PoolClient | pg.Client, rows: readonl
     await client.query(STAGE_DDL);
     staged.add(client);
   }
-  await copyRows(client, rows, include, round, dupExtra, isLast);
+  if (n <= SMALL_WRITE_ROWS) await insertRows(client, rows, include, round, dupExtra, isLast);
+  else await copyRows(client, rows, include, round, dupExtra, isLast);
   const latest = new Map<string, LatestChange>();
   const changed = new Map<string, ChangedRange>();
   const perRound = new Int32Array(rounds);
