@@ -507,6 +507,25 @@ describe('telemetry export over HTTP: big ranges, constant memory, client abort'
     assert.equal(parseCsv(again.body).length, 6);
   });
 
+  test('clients that give up before the first byte leak no connection', async () => {
+    // Disconnects at a spread of moments: before the handler, during the first fetch, just after the headers.
+    for (const delay of [0, 1, 2, 3, 5, 8, 13, 21]) {
+      const req = http.get(exportUrl(), { headers: { authorization: `Bearer ${KEYS.read}` } }, (res) => res.resume());
+      req.on('error', () => undefined);
+      await new Promise((r) => setTimeout(r, delay));
+      req.destroy();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    let n = 1;
+    for (let i = 0; i < 50 && n > 0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      n = (await exportActivity()) + (await metric('telemetry_exports_active'));
+    }
+    assert.equal(n, 0, 'an export outlived its client');
+    const ok = await t.request({ method: 'GET', url: `/api/telemetry/export?nodeIds=big-0&from=${START}&to=${START + 5000}`, key: KEYS.read });
+    assert.equal(ok.statusCode, 200);
+  });
+
   test('more concurrent exports than allowed get 503 with Retry-After', async () => {
     const held: http.IncomingMessage[] = [];
     try {

@@ -174,7 +174,11 @@ export async function openExportStream(pool: pg.Pool, plan: ExportPlan, opts: Ex
   }
   const stream = Readable.from(all(), { objectMode: false });
   stream.once('close', () => {
-    if (!completed) abort.abort();
+    if (completed && released) return;
+    abort.abort();
+    // Destroyed before its first read, the outer generator never started, so its finally cannot
+    // close the inner one: end it here (queued behind a pending step, else run at once).
+    it.return(undefined).catch(() => undefined);
   });
   return stream;
 }
