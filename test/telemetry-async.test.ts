@@ -110,7 +110,7 @@ for (const backend of backends()) {
       await waitFor(async () => (await queueOf(t).stats()).depth === 0);
     });
 
-    test('stop() writes what is queued before it returns (graceful shutdown loses nothing)', async () => {
+    test('graceful stop: in-flight sync writes are committed and answered; queued readings are written or stay in the durable queue', async () => {
       const r = await postAsync(batch('aq-3', 25, minutesAgo(60)));
       assert.equal(r.statusCode, 202);
       // Sync writes in flight at shutdown are answered and committed, too.
