@@ -1,4 +1,12 @@
-/** Helpers shared by benchmark sections: statistics, timing, and a fresh migrated database. */
+/** Helpers shared by benchmark sections: statistics, timing, a fresh migrated database, and a listening service on it. */
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { loadConfig } from '../src/config.js';
+import { createLogger } from '../src/logger.js';
+import { createContainer, type Container } from '../src/container.js';
+import { buildApp } from '../src/app.js';
 import { createTestDatabase, dropDatabase } from '../test/support/databases.js';
 
 export interface BenchContext {
@@ -16,6 +24,71 @@ export interface BenchContext {
 export interface BenchSection {
   name: string;
   run(ctx: BenchContext): Promise<void>;
+}
+
+export interface BenchServerOptions {
+  /** Short name for the temporary folder and the Redis key prefix. */
+  name: string;
+  /** API key with the `admin` scope the section sends. */
+  apiKey: string;
+  /** Redis for cache and pub/sub; unset uses the in-process implementations. */
+  redisUrl?: string;
+  /** Further environment on top of the bench defaults (warn-level logs to a temporary folder, no rate limit). */
+  env?: Record<string, string>;
+}
+
+export interface BenchServer {
+  /** `http://127.0.0.1:<port>` of the listening app. */
+  baseUrl: string;
+  app: FastifyInstance;
+  container: Container;
+  /** GET `path` with the admin key over keep-alive fetch; throws unless the answer is 200. */
+  get(path: string): Promise<{ body: string; headers: Headers }>;
+  /** Closes the app and the container and removes the temporary folder. */
+  close(): Promise<void>;
+}
+
+/** Builds config, logger, container and app on `databaseUrl`, starts the container and listens on 127.0.0.1, port 0. */
+export async function startBenchServer(databaseUrl: string, opts: BenchServerOptions): Promise<BenchServer> {
+  const tmp = await mkdtemp(path.join(os.tmpdir(), `vpp-bench-${opts.name}-`));
+  let container: Container | undefined;
+  let app: FastifyInstance | undefined;
+  const close = async () => {
+    await app?.close();
+    await container?.close();
+    await rm(tmp, { recursive: true, force: true });
+  };
+  try {
+    const config = loadConfig({
+      DATABASE_URL: databaseUrl,
+      REDIS_URL: opts.redisUrl,
+      API_KEYS: `${opts.apiKey}=admin`,
+      LOG_DIR: tmp,
+      DATA_DIR: tmp,
+      LOG_LEVEL: 'warn',
+      RATE_LIMIT_PER_MINUTE: '0',
+      ...opts.env,
+    });
+    const logger = createLogger(config, { stdout: false });
+    container = await createContainer(config, logger, { keyPrefix: `bench-${opts.name}-${process.pid}-${Date.now()}:`, defaultMetrics: false });
+    app = await buildApp(container);
+    await container.start();
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    const addr = app.server.address();
+    if (!addr || typeof addr !== 'object') throw new Error('no listening address');
+    const baseUrl = `http://127.0.0.1:${addr.port}`;
+    const headers = { authorization: `Bearer ${opts.apiKey}` };
+    const get = async (p: string) => {
+      const res = await fetch(baseUrl + p, { headers });
+      const body = await res.text();
+      if (res.status !== 200) throw new Error(`${p}: ${res.status} ${body.slice(0, 200)}`);
+      return { body, headers: res.headers };
+    };
+    return { baseUrl, app, container, get, close };
+  } catch (err) {
+    await close().catch(() => undefined);
+    throw err;
+  }
 }
 
 export function median(xs: number[]): number {

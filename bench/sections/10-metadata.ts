@@ -3,17 +3,10 @@
  * latency of GET /api/metadata/:nodeId and of GET /api/nodes/nearby, p50 and p99 per run,
  * median over ctx.runs runs.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import pg from 'pg';
-import { loadConfig } from '../../src/config.js';
-import { createLogger } from '../../src/logger.js';
-import { createContainer } from '../../src/container.js';
-import { buildApp } from '../../src/app.js';
 import { boundingBox } from '../../src/metadata/geo.js';
 import { nearbyStatement } from '../../src/metadata/store.js';
-import { latencies, median, percentile, rng, type BenchSection } from '../harness.js';
+import { latencies, median, percentile, rng, startBenchServer, type BenchSection } from '../harness.js';
 
 const FLEET = 10_000;
 const GETS_PER_RUN = 1000;
@@ -82,31 +75,9 @@ export const section: BenchSection = {
     ctx.report('metadata', `bulk load of ${FLEET} nodes (SQL, not HTTP)`, (performance.now() - t0) / 1000, 's');
     ctx.report('metadata', 'nearby plan uses the (lat, lon) index', (await planUsesIndex(url)) ? 1 : 0, 'bool', '1 = Index/Bitmap scan on nodes_lat_lon');
 
-    const tmp = await mkdtemp(path.join(os.tmpdir(), 'vpp-bench-metadata-'));
-    const config = loadConfig({
-      DATABASE_URL: url,
-      API_KEYS: `${KEY}=admin`,
-      LOG_DIR: tmp,
-      DATA_DIR: tmp,
-      LOG_LEVEL: 'warn',
-      RATE_LIMIT_PER_MINUTE: '0',
-    });
-    const logger = createLogger(config, { stdout: false });
-    const container = await createContainer(config, logger, { keyPrefix: `bench-metadata-${process.pid}:`, defaultMetrics: false });
-    const app = await buildApp(container);
-    await container.start();
+    const svc = await startBenchServer(url, { name: 'metadata', apiKey: KEY });
     try {
-      await app.listen({ host: '127.0.0.1', port: 0 });
-      const addr = app.server.address();
-      if (!addr || typeof addr !== 'object') throw new Error('no listening address');
-      const base = `http://127.0.0.1:${addr.port}`;
-      const headers = { authorization: `Bearer ${KEY}` };
-      const call = async (p: string) => {
-        const res = await fetch(base + p, { headers });
-        const body = await res.text();
-        if (res.status !== 200) throw new Error(`${p}: ${res.status} ${body.slice(0, 200)}`);
-        return body;
-      };
+      const call = async (p: string) => (await svc.get(p)).body;
 
       const r = rng(11);
       const nodeUrl = () => `/api/metadata/node-${String(Math.floor(r() * FLEET)).padStart(5, '0')}`;
@@ -137,9 +108,7 @@ export const section: BenchSection = {
       ctx.report('metadata', `nearby (${NEARBY_RADIUS_KM} km) p99`, median(nearP99), 'ms', note);
       ctx.report('metadata', 'nearby nodes per answer (mean)', found / (NEARBY_PER_RUN * ctx.runs), 'nodes');
     } finally {
-      await app.close();
-      await container.close();
-      await rm(tmp, { recursive: true, force: true });
+      await svc.close();
     }
   },
 };

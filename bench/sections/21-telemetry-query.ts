@@ -5,20 +5,13 @@
  *   - daily buckets in Europe/Berlin over 365 days of 5-minute readings (bar: p50 ≤ 25 ms),
  * and a check that the numbers served from rollups equal a computation over the raw readings.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import pg from 'pg';
-import { loadConfig } from '../../src/config.js';
-import { createLogger } from '../../src/logger.js';
-import { createContainer } from '../../src/container.js';
-import { buildApp } from '../../src/app.js';
 import { intervalPeriods } from '../../src/telemetry/buckets.js';
 import { accumulate, mergeRanges } from '../../src/telemetry/rollup-compute.js';
 import { POWER } from '../../src/telemetry/rollup-fields.js';
 import { loadReadings } from '../../src/telemetry/rollup-store.js';
 import { roundSig } from '../../src/telemetry/query-engine.js';
-import { latencies, median, percentile, type BenchSection } from '../harness.js';
+import { latencies, median, percentile, startBenchServer, type BenchSection } from '../harness.js';
 
 const KEY = 'bench-query-key-0001';
 const END = Date.parse('2026-11-01T00:00:00Z');
@@ -118,23 +111,14 @@ export const section: BenchSection = {
     const rows = await load(url);
     ctx.report('telemetry-query', `load ${rows} readings (SQL, not HTTP)`, (performance.now() - t0) / 1000, 's');
 
-    const tmp = await mkdtemp(path.join(os.tmpdir(), 'vpp-bench-query-'));
-    const config = loadConfig({
-      DATABASE_URL: url,
-      API_KEYS: `${KEY}=admin`,
-      LOG_DIR: tmp,
-      DATA_DIR: tmp,
-      LOG_LEVEL: 'warn',
-      RATE_LIMIT_PER_MINUTE: '0',
+    const svc = await startBenchServer(url, {
+      name: 'query',
+      apiKey: KEY,
       // The data ends on a fixed date: keep retention from dropping it during the run.
-      RETENTION_TELEMETRY_DAYS: '36500',
-      RETENTION_ROLLUP_DAYS: '36500',
+      env: { RETENTION_TELEMETRY_DAYS: '36500', RETENTION_ROLLUP_DAYS: '36500' },
     });
-    const logger = createLogger(config, { stdout: false });
-    const container = await createContainer(config, logger, { keyPrefix: `bench-query-${process.pid}:`, defaultMetrics: false });
-    const app = await buildApp(container);
-    await container.start();
     try {
+      const { container } = svc;
       t0 = performance.now();
       let buckets = 0;
       for (;;) {
@@ -147,16 +131,9 @@ export const section: BenchSection = {
       ctx.report('telemetry-query', 'rollup refresh of every dirty 15-min bucket', refreshS, 's', `${buckets} buckets, ${Math.round(buckets / refreshS)} buckets/s`);
       await container.db.pool.query('ANALYZE telemetry_rollup_15m; ANALYZE telemetry_rollup_1h; ANALYZE telemetry_rollup_1d');
 
-      await app.listen({ host: '127.0.0.1', port: 0 });
-      const addr = app.server.address();
-      if (!addr || typeof addr !== 'object') throw new Error('no listening address');
-      const base = `http://127.0.0.1:${addr.port}`;
-      const headers = { authorization: `Bearer ${KEY}` };
       const call = async (p: string) => {
-        const res = await fetch(base + p, { headers });
-        const body = await res.text();
-        if (res.status !== 200) throw new Error(`${p}: ${res.status} ${body.slice(0, 200)}`);
-        return { body, tier: res.headers.get('x-rollup-tier') };
+        const { body, headers } = await svc.get(p);
+        return { body, tier: headers.get('x-rollup-tier') };
       };
 
       const hourly = SERIES[0];
@@ -195,9 +172,7 @@ export const section: BenchSection = {
       ctx.report('telemetry-query', 'daily buckets, Europe/Berlin, 365 days of 5-min data p50', median(dP50), 'ms', `bar ≤ 25 ms; ${note}`);
       ctx.report('telemetry-query', 'daily buckets, Europe/Berlin, 365 days of 5-min data p99', median(dP99), 'ms', note);
     } finally {
-      await app.close();
-      await container.close();
-      await rm(tmp, { recursive: true, force: true });
+      await svc.close();
     }
   },
 };

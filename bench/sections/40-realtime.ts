@@ -4,51 +4,17 @@
  * `telemetry.latest` to receipt by a client while 5,000 readings/s flow.
  */
 import http from 'node:http';
-import { mkdtemp, rm } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
-import { loadConfig } from '../../src/config.js';
-import { createLogger } from '../../src/logger.js';
-import { createContainer, type Container } from '../../src/container.js';
-import { buildApp } from '../../src/app.js';
+import type { Container } from '../../src/container.js';
 import type { RealtimeDomain } from '../../src/realtime/index.js';
 import { computePortfolio, loadPortfolioRows } from '../../src/realtime/portfolio.js';
 import { TELEMETRY_LATEST_CHANNEL } from '../../src/realtime/stream.js';
-import { latencies, median, percentile, rng, type BenchContext, type BenchSection } from '../harness.js';
+import { latencies, median, percentile, rng, startBenchServer, type BenchSection } from '../harness.js';
 
 const KEY = 'bench-realtime-admin-key';
 const TYPES = ['solar', 'wind', 'battery', 'data_center', 'ev_charging', 'chp', 'hydro', 'demand_response', 'other'];
 const NODES = 1000;
 const RATE = 5000; // readings per second
 const SECONDS = 10;
-
-async function startService(ctx: BenchContext, databaseUrl: string) {
-  const tmp = await mkdtemp(path.join(os.tmpdir(), 'vpp-bench-rt-'));
-  const config = loadConfig({
-    DATABASE_URL: databaseUrl,
-    REDIS_URL: ctx.redisUrl,
-    API_KEYS: `${KEY}=admin`,
-    LOG_DIR: tmp,
-    DATA_DIR: tmp,
-    LOG_LEVEL: 'warn',
-    RATE_LIMIT_PER_MINUTE: '0',
-  });
-  const logger = createLogger(config, { stdout: false });
-  const container = await createContainer(config, logger, { keyPrefix: `bench-rt-${process.pid}-${Date.now()}:`, defaultMetrics: false });
-  const app = await buildApp(container);
-  await app.ready();
-  await container.start();
-  return {
-    app,
-    container,
-    async close() {
-      await app.close();
-      await container.close();
-      await rm(tmp, { recursive: true, force: true });
-    },
-  };
-}
 
 async function seedFleet(container: Container): Promise<string[]> {
   const rand = rng(40);
@@ -133,7 +99,7 @@ async function measureSse(container: Container, base: string, ids: string[]): Pr
 export const section: BenchSection = {
   name: 'realtime',
   async run(ctx) {
-    const svc = await startService(ctx, await ctx.freshDatabase());
+    const svc = await startBenchServer(await ctx.freshDatabase(), { name: 'rt', apiKey: KEY, redisUrl: ctx.redisUrl });
     try {
       const ids = await seedFleet(svc.container);
       const rt = svc.container.domains.find((d) => 'hub' in d && 'portfolio' in d) as RealtimeDomain;
@@ -150,13 +116,11 @@ export const section: BenchSection = {
       ctx.report('realtime', 'GET /api/realtime/portfolio p50 (≤5 s cache, 1,000 nodes)', median(httpP50), 'ms', `cache: ${svc.container.cache.kind}`);
       ctx.report('realtime', 'portfolio aggregation alone, in memory (1,000 nodes)', median(memoryP50), 'ms', 'what an in-memory latest map would save per recompute');
 
-      await svc.app.listen({ host: '127.0.0.1', port: 0 });
-      const base = `http://127.0.0.1:${(svc.app.server.address() as AddressInfo).port}`;
       const p50s: number[] = [];
       const p99s: number[] = [];
       let last = { received: 0, sent: 0, resyncs: 0, rate: 0 };
       for (let run = 0; run < ctx.runs; run++) {
-        const r = await measureSse(svc.container, base, ids);
+        const r = await measureSse(svc.container, svc.baseUrl, ids);
         p50s.push(r.p50);
         p99s.push(r.p99);
         last = r;

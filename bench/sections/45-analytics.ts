@@ -5,15 +5,8 @@
  * before every request) and warm (the answer cached; the freshness fingerprint still read).
  *   BENCH_ANALYTICS_NODES  fleet size (default 1000)
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
-import { loadConfig } from '../../src/config.js';
-import { createLogger } from '../../src/logger.js';
-import { createContainer, type Container } from '../../src/container.js';
-import { buildApp } from '../../src/app.js';
-import { latencies, median, type BenchContext, type BenchSection } from '../harness.js';
+import type { Container } from '../../src/container.js';
+import { latencies, median, startBenchServer, type BenchContext, type BenchSection } from '../harness.js';
 
 const KEY = 'bench-analytics-admin-key';
 const TYPES = ['solar', 'wind', 'battery', 'data_center', 'ev_charging', 'chp', 'hydro', 'demand_response', 'other'];
@@ -24,36 +17,6 @@ const YEAR_FROM = TODAY - 367 * DAY;
 const MONTH_FROM = TODAY - 31 * DAY;
 const iso = (ms: number) => new Date(ms).toISOString();
 const date = (ms: number) => iso(ms).slice(0, 10);
-
-async function startService(ctx: BenchContext, databaseUrl: string) {
-  const tmp = await mkdtemp(path.join(os.tmpdir(), 'vpp-bench-an-'));
-  const config = loadConfig({
-    DATABASE_URL: databaseUrl,
-    REDIS_URL: ctx.redisUrl,
-    API_KEYS: `${KEY}=admin`,
-    LOG_DIR: tmp,
-    DATA_DIR: tmp,
-    LOG_LEVEL: 'warn',
-    RATE_LIMIT_PER_MINUTE: '0',
-    RETENTION_TELEMETRY_DAYS: '3650',
-  });
-  const logger = createLogger(config, { stdout: false });
-  const container = await createContainer(config, logger, { keyPrefix: `bench-an-${process.pid}-${Date.now()}:`, defaultMetrics: false });
-  const app = await buildApp(container);
-  await app.ready();
-  await container.start();
-  await app.listen({ host: '127.0.0.1', port: 0 });
-  const base = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
-  return {
-    container,
-    base,
-    async close() {
-      await app.close();
-      await container.close();
-      await rm(tmp, { recursive: true, force: true });
-    },
-  };
-}
 
 /** Readings straight into `telemetry` with every 15-minute bucket they hold into marked, as ingestion marks them. */
 async function loadReadings(c: Container, nodeIds: string[], from: number, to: number, stepSeconds: number): Promise<void> {
@@ -106,7 +69,7 @@ export const section: BenchSection = {
   async run(ctx) {
     const nodes = Number(process.env.BENCH_ANALYTICS_NODES ?? 1000);
     const url = await ctx.freshDatabase();
-    const svc = await startService(ctx, url);
+    const svc = await startBenchServer(url, { name: 'an', apiKey: KEY, redisUrl: ctx.redisUrl, env: { RETENTION_TELEMETRY_DAYS: '3650' } });
     try {
       const c = svc.container;
       // One node, a year of 1-minute readings, in New York (local days are off the UTC rollup grid).
@@ -138,7 +101,7 @@ export const section: BenchSection = {
       for (let i = 0; i < bodies.length; i += 200) {
         await Promise.all(
           bodies.slice(i, i + 200).map(async (b) => {
-            const r = await fetch(`${svc.base}/api/transactions`, { method: 'POST', headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' }, body: JSON.stringify(b) });
+            const r = await fetch(`${svc.baseUrl}/api/transactions`, { method: 'POST', headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' }, body: JSON.stringify(b) });
             if (r.status !== 201) throw new Error(`transaction: ${r.status} ${await r.text()}`);
           }),
         );
@@ -148,12 +111,12 @@ export const section: BenchSection = {
       const daily = `/api/analytics/year-node/daily?from=${date(YEAR_FROM + DAY)}&to=${date(TODAY - DAY)}`;
       const portfolio = `/api/analytics/portfolio?from=${date(TODAY - 30 * DAY)}&to=${date(TODAY)}`;
       const note = `cache: ${c.cache.kind}`;
-      ctx.report('analytics', 'GET daily, 1 node × 365 days p50, cold', median(await timed(ctx, svc.base, daily, true, c)), 'ms', note);
-      ctx.report('analytics', 'GET daily, 1 node × 365 days p50, warm', median(await timed(ctx, svc.base, daily, false, c)), 'ms', note);
-      ctx.report('analytics', `GET portfolio, ${nodes} nodes × 30 days p50, cold`, median(await timed(ctx, svc.base, portfolio, true, c)), 'ms', note);
-      ctx.report('analytics', `GET portfolio, ${nodes} nodes × 30 days p50, warm`, median(await timed(ctx, svc.base, portfolio, false, c)), 'ms', note);
+      ctx.report('analytics', 'GET daily, 1 node × 365 days p50, cold', median(await timed(ctx, svc.baseUrl, daily, true, c)), 'ms', note);
+      ctx.report('analytics', 'GET daily, 1 node × 365 days p50, warm', median(await timed(ctx, svc.baseUrl, daily, false, c)), 'ms', note);
+      ctx.report('analytics', `GET portfolio, ${nodes} nodes × 30 days p50, cold`, median(await timed(ctx, svc.baseUrl, portfolio, true, c)), 'ms', note);
+      ctx.report('analytics', `GET portfolio, ${nodes} nodes × 30 days p50, warm`, median(await timed(ctx, svc.baseUrl, portfolio, false, c)), 'ms', note);
       const bench = `/api/analytics/fleet-0001/benchmarks?from=${date(TODAY - 30 * DAY)}&to=${date(TODAY - DAY)}`;
-      ctx.report('analytics', `GET benchmarks, peer group of ~${Math.round(nodes / 9)} × 30 days p50, cold`, median(await timed(ctx, svc.base, bench, true, c)), 'ms', note);
+      ctx.report('analytics', `GET benchmarks, peer group of ~${Math.round(nodes / 9)} × 30 days p50, cold`, median(await timed(ctx, svc.baseUrl, bench, true, c)), 'ms', note);
     } finally {
       await svc.close();
     }

@@ -4,16 +4,9 @@
  * worst latency during it versus without it. Median over ctx.runs runs (the partition is
  * reloaded before each run).
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import pg from 'pg';
-import { loadConfig } from '../../src/config.js';
-import { createLogger } from '../../src/logger.js';
-import { createContainer } from '../../src/container.js';
-import { buildApp } from '../../src/app.js';
 import { OPERATIONS_JOBS } from '../../src/operations/index.js';
-import { median, percentile, type BenchSection } from '../harness.js';
+import { median, percentile, startBenchServer, type BenchSection } from '../harness.js';
 
 const ROWS_NODES = 1000;
 const ROWS_PER_NODE = 1000; // 1,000,000 readings in one day's partition
@@ -78,26 +71,9 @@ export const section: BenchSection = {
   name: 'operations',
   async run(ctx) {
     const url = await ctx.freshDatabase();
-    const tmp = await mkdtemp(path.join(os.tmpdir(), 'vpp-bench-operations-'));
-    const config = loadConfig({
-      DATABASE_URL: url,
-      API_KEYS: `${KEY}=admin`,
-      LOG_DIR: tmp,
-      DATA_DIR: tmp,
-      LOG_LEVEL: 'warn',
-      RATE_LIMIT_PER_MINUTE: '0',
-      UNKNOWN_NODES: 'accept',
-      RETENTION_TELEMETRY_DAYS: '30',
-    });
-    const logger = createLogger(config, { stdout: false });
-    const container = await createContainer(config, logger, { keyPrefix: `bench-operations-${process.pid}:`, defaultMetrics: false });
-    const app = await buildApp(container);
-    await container.start();
+    const svc = await startBenchServer(url, { name: 'operations', apiKey: KEY, env: { UNKNOWN_NODES: 'accept', RETENTION_TELEMETRY_DAYS: '30' } });
     try {
-      await app.listen({ host: '127.0.0.1', port: 0 });
-      const addr = app.server.address();
-      if (!addr || typeof addr !== 'object') throw new Error('no listening address');
-      const base = `http://127.0.0.1:${addr.port}`;
+      const { baseUrl: base, container } = svc;
       const clock = { t: Date.now() - 10 * 60_000 };
 
       const retentionS: number[] = [];
@@ -144,9 +120,7 @@ export const section: BenchSection = {
       ctx.report('operations', 'ingestion batch p99 during archive + drop', median(duringP99), 'ms', note);
       ctx.report('operations', 'ingestion batch worst latency during archive + drop', median(duringMax), 'ms', note);
     } finally {
-      await app.close();
-      await container.close();
-      await rm(tmp, { recursive: true, force: true });
+      await svc.close();
     }
   },
 };
