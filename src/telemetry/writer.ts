@@ -40,102 +40,162 @@ export const OUTCOME_STORED = 0;
 export const OUTCOME_DUPLICATE = 1;
 
 const COLS = NUMERIC_FIELDS.map(([, c]) => c);
-
-// Per-connection staging table; rows vanish at commit, so a failed flush leaves nothing behind.
-const STAGE_DDL = `CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
-  seq integer NOT NULL, round integer NOT NULL, dup_extra integer NOT NULL, interval_s integer NOT NULL, is_last boolean NOT NULL,
-  node_id text NOT NULL, ts timestamptz NOT NULL, received_at timestamptz NOT NULL,
-  ${COLS.map((c) => `${c} double precision`).join(', ')},
-  health_status text, quality text, extra jsonb, flags smallint NOT NULL
-) ON COMMIT DELETE ROWS`;
-
-const COPY_SQL = `COPY telemetry_stage (seq, round, dup_extra, interval_s, is_last, node_id, ts, received_at, ${COLS.join(', ')}, health_status, quality, extra, flags) FROM STDIN`;
-
+const API_NAMES = NUMERIC_FIELDS.map(([api]) => api);
 const VALUE_COLS = [...COLS, 'health_status', 'quality', 'extra'];
-const READING_JSON = `jsonb_strip_nulls(jsonb_build_object('nodeId', node_id, 'timestamp', to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), ${NUMERIC_FIELDS.map(([api, c]) => `'${api}', ${c}`).join(', ')}, 'healthStatus', health_status, 'quality', quality))
-    || CASE WHEN extra IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('extra', extra) END`;
+const ROW_COLS = ['node_id', 'ts', 'received_at', ...VALUE_COLS, 'flags'].join(', ');
+const BUCKET_MS = 15 * 60_000;
+
+// Per-connection staging table for large writes, in telemetry's own row shape; rows vanish at
+// commit or rollback, so a failed write leaves nothing behind.
+const STAGE_DDL = `CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (LIKE telemetry) ON COMMIT DELETE ROWS`;
+const COPY_SQL = `COPY telemetry_stage (${ROW_COLS}) FROM STDIN`;
+
 const EPOCH_MS = (e: string) => `(extract(epoch FROM ${e}) * 1000)::float8`;
 
 /**
- * The one statement that applies a round of staged rows: upsert into telemetry (sorted by key so
- * concurrent writers lock rows in the same order and cannot deadlock; an identical re-send changes
- * nothing and is not returned; a replacement sets FLAG_CORRECTED on the row, which is how it is
- * told from an insert), then, from the rows written, telemetry_latest (forward in measurement time
- * only), the dirty 15-minute buckets and the per-day correction counters. Prepared once per
- * connection: it has no parameters, the round is part of its text.
+ * Upsert of `source` rows into telemetry. Sorted by key (byte order, the order the writer sends
+ * them in, so the sort finds them presorted) so concurrent writers lock rows in the same order and
+ * cannot deadlock. An identical re-send changes nothing and is not returned; a replacement sets
+ * FLAG_CORRECTED on the row, which is how it is told from an insert.
  */
-export function applySql(round: number): string {
-  return `WITH ins AS (
-  INSERT INTO telemetry AS t (node_id, ts, received_at, ${VALUE_COLS.join(', ')}, flags)
-  SELECT node_id, ts, received_at, ${VALUE_COLS.join(', ')}, flags FROM telemetry_stage WHERE round = ${round} ORDER BY node_id, ts
+function upsertSql(source: string): string {
+  return `INSERT INTO telemetry AS t (${ROW_COLS}) SELECT ${ROW_COLS} FROM ${source} ORDER BY node_id COLLATE "C", ts
   ON CONFLICT (node_id, ts) DO UPDATE SET received_at = EXCLUDED.received_at, ${VALUE_COLS.map((c) => `${c} = EXCLUDED.${c}`).join(', ')},
     flags = EXCLUDED.flags | ${FLAG_CORRECTED}
   WHERE (${VALUE_COLS.map((c) => `t.${c}`).join(', ')}) IS DISTINCT FROM (${VALUE_COLS.map((c) => `EXCLUDED.${c}`).join(', ')})
-  RETURNING t.node_id, t.ts, t.flags
-), last AS (
-  SELECT node_id, ts, received_at, interval_s, ${READING_JSON} AS reading
-  FROM telemetry_stage WHERE round = ${round} AND is_last
-), lat AS (
-  -- The newest staged row per node (is_last, chosen by the writer). If it was an identical re-send,
-  -- the stored latest is already that reading or a newer one, and nothing changes.
-  INSERT INTO telemetry_latest AS l (node_id, ts, received_at, reading)
-  SELECT node_id, ts, received_at, reading FROM last ORDER BY node_id
-  ON CONFLICT (node_id) DO UPDATE SET ts = EXCLUDED.ts, received_at = EXCLUDED.received_at, reading = EXCLUDED.reading,
-    version = nextval('telemetry_latest_version_seq')
-  WHERE EXCLUDED.ts > l.ts OR (EXCLUDED.ts = l.ts AND EXCLUDED.reading IS DISTINCT FROM l.reading)
-  RETURNING l.node_id, l.ts, l.received_at, l.reading, l.version
-), dirty AS (
-  -- Every bucket overlapping [ts, ts + 3 x interval) of each written reading: per node and bucket of
-  -- ts, the latest ts reaches furthest.
-  INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
-  SELECT DISTINCT g.node_id, b.start
-  FROM (SELECT node_id, floor(extract(epoch FROM ts) / 900) AS q, max(ts) AS mx FROM ins GROUP BY 1, 2) g
-  JOIN last v ON v.node_id = g.node_id
-  CROSS JOIN LATERAL generate_series(to_timestamp(g.q * 900), g.mx + v.interval_s * interval '3 seconds' - interval '1 microsecond', interval '15 minutes') AS b(start)
-  ORDER BY 1, 2
-  ON CONFLICT (node_id, bucket_start) DO UPDATE SET marked_at = clock_timestamp()
-), q AS (
-  INSERT INTO telemetry_quality_daily AS q (node_id, day, duplicates, corrected)
-  SELECT node_id, day, sum(dups), sum(corr) FROM (
-    SELECT node_id, (ts AT TIME ZONE 'UTC')::date AS day, 0 AS dups, 1 AS corr FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0
-    UNION ALL
-    SELECT node_id, (ts AT TIME ZONE 'UTC')::date, dup_extra, 0 FROM telemetry_stage WHERE round = ${round} AND dup_extra > 0) x
-  GROUP BY 1, 2 ORDER BY 1, 2
-  ON CONFLICT (node_id, day) DO UPDATE SET duplicates = q.duplicates + EXCLUDED.duplicates, corrected = q.corrected + EXCLUDED.corrected
-)
-SELECT
-  (SELECT count(*) FROM ins)::int AS written,
-  (SELECT count(*) FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0)::int AS corrected,
-  (SELECT coalesce(json_agg(json_build_array(node_id, ${EPOCH_MS('ts')}, ${EPOCH_MS('received_at')}, reading, version)), '[]') FROM lat) AS latest,
-  (SELECT coalesce(json_agg(json_build_array(node_id, lo, hi)), '[]')
-     FROM (SELECT node_id, ${EPOCH_MS('min(ts)')} AS lo, ${EPOCH_MS('max(ts)')} + 1 AS hi FROM ins GROUP BY node_id) c) AS changed`;
+  RETURNING t.node_id, t.ts, t.flags`;
 }
 
 /**
- * Run only when a round wrote fewer rows than it staged: finds the staged rows that were identical
- * re-sends (their stored row kept its own, earlier arrival time) and counts them per day. The
- * probe is a scalar subquery so it stays one index lookup per staged row.
+ * telemetry_latest from the writer's candidates (per node, the final version of its newest key in
+ * the write): moves forward in measurement time only; a changed reading at the same time replaces
+ * it; an identical one changes nothing. Independent of the telemetry rows, so it can run in the
+ * same statement as their upsert.
  */
-function duplicatesSql(round: number): string {
-  return `WITH d AS (
-  SELECT s.seq, s.node_id, s.ts FROM telemetry_stage s
-  WHERE s.round = ${round}
-    AND (SELECT t.received_at FROM telemetry t WHERE t.node_id = s.node_id AND t.ts = s.ts LIMIT 1) IS DISTINCT FROM s.received_at
-), q AS (
-  INSERT INTO telemetry_quality_daily AS q (node_id, day, duplicates, corrected)
-  SELECT node_id, (ts AT TIME ZONE 'UTC')::date, count(*), 0 FROM d GROUP BY 1, 2 ORDER BY 1, 2
-  ON CONFLICT (node_id, day) DO UPDATE SET duplicates = q.duplicates + EXCLUDED.duplicates
-)
-SELECT coalesce(json_agg(seq), '[]') AS seqs FROM d`;
+function latestSql(param: string): string {
+  return `INSERT INTO telemetry_latest AS l (node_id, ts, received_at, reading)
+  SELECT e->>0, (e->>1)::timestamptz, (e->>2)::timestamptz, (e->3)::jsonb FROM json_array_elements(${param}::json) e
+  ORDER BY (e->>0) COLLATE "C"
+  ON CONFLICT (node_id) DO UPDATE SET ts = EXCLUDED.ts, received_at = EXCLUDED.received_at, reading = EXCLUDED.reading,
+    version = nextval('telemetry_latest_version_seq')
+  WHERE EXCLUDED.ts > l.ts OR (EXCLUDED.ts = l.ts AND EXCLUDED.reading IS DISTINCT FROM l.reading)
+  RETURNING l.node_id, l.version`;
 }
+
+/** Per node and UTC day: identical re-sends and corrections; `sources` yield (node_id, day, dups, corr). */
+function qualitySql(sources: string[]): string {
+  return `INSERT INTO telemetry_quality_daily AS q (node_id, day, duplicates, corrected)
+  SELECT node_id, day, sum(dups), sum(corr) FROM (${sources.join('\n    UNION ALL ')}) x
+  GROUP BY 1, 2 ORDER BY node_id COLLATE "C", day
+  ON CONFLICT (node_id, day) DO UPDATE SET duplicates = q.duplicates + EXCLUDED.duplicates, corrected = q.corrected + EXCLUDED.corrected`;
+}
+
+const CORRECTIONS_FROM_INS = `SELECT node_id, (ts AT TIME ZONE 'UTC')::date AS day, 0::bigint AS dups, 1::bigint AS corr FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0`;
+const FLUSH_DUPS = (param: string) => `SELECT e->>0, (e->>1)::date, (e->>2)::bigint, 0::bigint FROM json_array_elements(${param}::json) e`;
+
+const DIRTY_CONFLICT = `ON CONFLICT (node_id, bucket_start) DO UPDATE SET marked_at = clock_timestamp()`;
+
+/**
+ * Large writes, round 0, after COPY into telemetry_stage. Params: $1 dirty buckets of every staged
+ * row, $2 latest candidates, $3 identical copies inside the write, $4 staged row count. The dirty
+ * buckets are marked here only when every staged row was written; otherwise the writer finds the
+ * identical re-sends first and marks the buckets of the rest (DUPS_SQL, DIRTY_SQL).
+ */
+const LARGE_SQL = `WITH ins AS (
+  ${upsertSql('telemetry_stage')}
+), lat AS (
+  ${latestSql('$2')}
+), dirty AS (
+  INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
+  SELECT e->>0 AS node_id, (e->>1)::timestamptz AS bucket_start FROM json_array_elements($1::json) e
+  WHERE (SELECT count(*) FROM ins) = $4::int
+  ORDER BY (e->>0) COLLATE "C", 2
+  ${DIRTY_CONFLICT}
+), q AS (
+  ${qualitySql([CORRECTIONS_FROM_INS, FLUSH_DUPS('$3')])}
+)
+SELECT (SELECT count(*) FROM ins)::int AS written,
+  (SELECT count(*) FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0)::int AS corrected,
+  (SELECT coalesce(json_agg(json_build_array(node_id, version)), '[]') FROM lat) AS latest`;
+
+/**
+ * Run only when a large write wrote fewer rows than it staged: the staged rows that were identical
+ * re-sends (their stored row kept its own, earlier arrival time), counted per day. The probe is a
+ * scalar subquery so it stays one index lookup per staged row.
+ */
+const DUPS_SQL = `WITH d AS (
+  SELECT s.node_id, s.ts FROM telemetry_stage s
+  WHERE (SELECT t.received_at FROM telemetry t WHERE t.node_id = s.node_id AND t.ts = s.ts LIMIT 1) IS DISTINCT FROM s.received_at
+), q AS (
+  ${qualitySql([`SELECT node_id, (ts AT TIME ZONE 'UTC')::date AS day, 1::bigint AS dups, 0::bigint AS corr FROM d`])}
+)
+SELECT coalesce(json_agg(json_build_array(node_id, ${EPOCH_MS('ts')})), '[]') AS keys FROM d`;
+
+const DIRTY_SQL = `INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
+  SELECT e->>0 AS node_id, (e->>1)::timestamptz AS bucket_start FROM json_array_elements($1::json) e
+  ORDER BY (e->>0) COLLATE "C", 2
+  ${DIRTY_CONFLICT}`;
+
+/**
+ * Everything for a small write (or one later round) in one statement, rows as JSON: $1 rows,
+ * $2 dirty buckets per row (node_id, ts, bucket_start; only those of rows actually written are
+ * marked), $3 latest candidates, $4 identical copies inside the write. Outside a transaction it is
+ * its own transaction: one round trip per write. The membership tests are NOT IN subqueries, which
+ * PostgreSQL hashes, so the statement stays linear whatever the plan's row estimates.
+ */
+const SMALL_SQL = `WITH s AS MATERIALIZED (
+  SELECT e->>0 AS node_id, (e->>1)::timestamptz AS ts, (e->>2)::timestamptz AS received_at,
+    ${COLS.map((c, k) => `(e->>${k + 3})::float8 AS ${c}`).join(', ')},
+    e->>${COLS.length + 3} AS health_status, e->>${COLS.length + 4} AS quality, (e->>${COLS.length + 5})::jsonb AS extra, (e->>${COLS.length + 6})::smallint AS flags
+  FROM json_array_elements($1::json) e
+), ins AS (
+  ${upsertSql('s')}
+), dup AS (
+  SELECT node_id, ts FROM s WHERE (node_id, ts) NOT IN (SELECT node_id, ts FROM ins)
+), lat AS (
+  ${latestSql('$3')}
+), dirty AS (
+  INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
+  SELECT node_id, bucket_start FROM (
+    SELECT DISTINCT e->>0 AS node_id, (e->>2)::timestamptz AS bucket_start FROM json_array_elements($2::json) e
+    WHERE (e->>0, (e->>1)::timestamptz) NOT IN (SELECT node_id, ts FROM dup)) b
+  ORDER BY node_id COLLATE "C", bucket_start
+  ${DIRTY_CONFLICT}
+), q AS (
+  ${qualitySql([CORRECTIONS_FROM_INS, FLUSH_DUPS('$4'), `SELECT node_id, (ts AT TIME ZONE 'UTC')::date, 1::bigint, 0::bigint FROM dup`])}
+)
+SELECT (SELECT count(*) FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0)::int AS corrected,
+  (SELECT coalesce(json_agg(json_build_array(node_id, version)), '[]') FROM lat) AS latest,
+  (SELECT coalesce(json_agg(json_build_array(node_id, ${EPOCH_MS('ts')})), '[]') FROM dup) AS dups`;
 
 const staged = new WeakSet<pg.PoolClient | pg.Client>();
 
-/** RFC 3339 UTC with microseconds from epoch ms with a fractional part (arrival stamps are per-µs unique). */
-function isoMicros(ms: number): string {
-  const whole = Math.floor(ms);
-  const micros = Math.min(999, Math.round((ms - whole) * 1000));
-  return `${new Date(whole).toISOString().slice(0, 23)}${String(micros).padStart(3, '0')}Z`;
+/** Memoised ISO strings: a write repeats the same few measurement minutes, arrival stamps and buckets. */
+class IsoCache {
+  private readonly ms = new Map<number, string>();
+  private readonly us = new Map<number, string>();
+
+  /** RFC 3339 UTC, milliseconds. */
+  iso(ms: number): string {
+    let s = this.ms.get(ms);
+    if (s === undefined) {
+      s = new Date(ms).toISOString();
+      this.ms.set(ms, s);
+    }
+    return s;
+  }
+
+  /** RFC 3339 UTC with microseconds, from epoch ms with a fraction (arrival stamps are unique per µs). */
+  micros(ms: number): string {
+    let s = this.us.get(ms);
+    if (s === undefined) {
+      const whole = Math.floor(ms);
+      const micros = Math.min(999, Math.round((ms - whole) * 1000));
+      s = `${new Date(whole).toISOString().slice(0, 23)}${String(micros).padStart(3, '0')}Z`;
+      this.us.set(ms, s);
+    }
+    return s;
+  }
 }
 
 /** Text COPY escaping for the one free-text column (jsonb); the others cannot hold special characters. */
@@ -143,40 +203,176 @@ function escapeCopy(s: string): string {
   return /[\\\t\n\r]/.test(s) ? s.replace(/\\/g, '\\\\').replace(/\t/g, '\\t').replace(/\n/g, '\\n').replace(/\r/g, '\\r') : s;
 }
 
-/** Up to this many rows, the staging table is filled by one parameterised INSERT (one round trip; COPY takes two). */
-const SMALL_WRITE_ROWS = 256;
-const INSERT_STAGE_SQL = `INSERT INTO telemetry_stage SELECT * FROM json_populate_recordset(NULL::telemetry_stage, $1::json)`;
-
-async function insertRows(client: pg.PoolClient | pg.Client, rows: readonly IngestRow[], include: Uint8Array, round: Int32Array, dupExtra: Int32Array, isLast: Uint8Array): Promise<void> {
-  const parts: string[] = [];
-  for (let i = 0; i < rows.length; i++) {
-    if (!include[i]) continue;
-    const r = rows[i];
-    let o = `{"seq":${i},"round":${round[i]},"dup_extra":${dupExtra[i]},"interval_s":${r.intervalS},"is_last":${isLast[i] ? 'true' : 'false'},"node_id":${JSON.stringify(r.nodeId)},"ts":"${new Date(r.ts).toISOString()}","received_at":"${isoMicros(r.receivedAt)}"`;
-    for (let k = 0; k < COLS.length; k++) o += `,"${COLS[k]}":${r.values[k] === null ? 'null' : r.values[k]}`;
-    o += `,"health_status":${r.healthStatus === null ? 'null' : JSON.stringify(r.healthStatus)},"quality":${r.quality === null ? 'null' : JSON.stringify(r.quality)},"extra":${r.extra ?? 'null'},"flags":${r.flags}}`;
-    parts.push(o);
-  }
-  await client.query({ name: 'vpp_telemetry_stage_insert', text: INSERT_STAGE_SQL, values: [`[${parts.join(',')}]`] });
+/** How a write applies its rows, decided in memory before any round trip. */
+interface Plan {
+  rows: readonly IngestRow[];
+  outcome: Uint8Array;
+  /** Identical copies of an earlier row of the same write. */
+  duplicates: number;
+  /** Row indices per node, nodes in byte order, each sorted by (ts, arrival). */
+  groups: number[][];
+  /** Row indices per round, sorted by (nodeId, ts): a key's later different versions go to later rounds. */
+  rounds: number[][];
+  /** Per node, the row that is its newest reading once the write is applied. */
+  latest: number[];
+  /** Identical copies inside the write per `${nodeId}\0${UTC day}`. */
+  flushDups: Map<string, number>;
 }
 
-async function copyRows(client: pg.PoolClient | pg.Client, rows: readonly IngestRow[], include: Uint8Array, round: Int32Array, dupExtra: Int32Array, isLast: Uint8Array): Promise<void> {
+/**
+ * Rows are taken in arrival order: a later identical copy of a key is a duplicate; a later
+ * different version goes into the next round, applied after the earlier one, so counts are
+ * exactly those of applying the readings one by one (last write wins).
+ */
+function planWrite(rows: readonly IngestRow[]): Plan {
+  const n = rows.length;
+  const outcome = new Uint8Array(n);
+  const byNode = new Map<string, number[]>();
+  for (let i = 0; i < n; i++) {
+    const id = rows[i].nodeId;
+    const list = byNode.get(id);
+    if (list) list.push(i);
+    else byNode.set(id, [i]);
+  }
+  const nodes = [...byNode.keys()].sort();
+  const groups: number[][] = [];
+  const rounds: number[][] = [[]];
+  const latest: number[] = [];
+  const flushDups = new Map<string, number>();
+  let duplicates = 0;
+  for (const id of nodes) {
+    const idx = byNode.get(id) as number[];
+    let sorted = true;
+    for (let k = 1; k < idx.length && sorted; k++) if (rows[idx[k]].ts < rows[idx[k - 1]].ts) sorted = false;
+    if (!sorted) idx.sort((a, b) => rows[a].ts - rows[b].ts || a - b);
+    groups.push(idx);
+    let kept = -1;
+    let round = 0;
+    for (let k = 0; k < idx.length; k++) {
+      const i = idx[k];
+      if (kept >= 0 && rows[kept].ts === rows[i].ts) {
+        if (sameReading(rows[kept], rows[i])) {
+          outcome[i] = OUTCOME_DUPLICATE;
+          duplicates++;
+          const key = `${id}\u0000${new Date(rows[i].ts).toISOString().slice(0, 10)}`;
+          flushDups.set(key, (flushDups.get(key) ?? 0) + 1);
+          continue;
+        }
+        round++;
+      } else round = 0;
+      (rounds[round] ??= []).push(i);
+      kept = i;
+    }
+    latest.push(kept);
+  }
+  return { rows, outcome, duplicates, groups, rounds, latest, flushDups };
+}
+
+/** The reading in API shape as JSON text (absent fields omitted), as telemetry_latest keeps it. */
+function readingJson(r: IngestRow, iso: IsoCache): string {
+  let s = `{"nodeId":${JSON.stringify(r.nodeId)},"timestamp":"${iso.iso(r.ts)}"`;
+  const v = r.values;
+  for (let k = 0; k < v.length; k++) if (v[k] !== null) s += `,"${API_NAMES[k]}":${v[k]}`;
+  if (r.healthStatus !== null) s += `,"healthStatus":${JSON.stringify(r.healthStatus)}`;
+  if (r.quality !== null) s += `,"quality":${JSON.stringify(r.quality)}`;
+  if (r.extra !== null) s += `,"extra":${r.extra}`;
+  return `${s}}`;
+}
+
+function readingObject(r: IngestRow): Record<string, unknown> {
+  const o: Record<string, unknown> = { nodeId: r.nodeId, timestamp: new Date(r.ts).toISOString() };
+  const v = r.values;
+  for (let k = 0; k < v.length; k++) if (v[k] !== null) o[API_NAMES[k]] = v[k];
+  if (r.healthStatus !== null) o.healthStatus = r.healthStatus;
+  if (r.quality !== null) o.quality = r.quality;
+  if (r.extra !== null) o.extra = JSON.parse(r.extra);
+  return o;
+}
+
+// JSON parameters are arrays of positional arrays: PostgreSQL reads them with json_array_elements
+// and ->> far faster than json_to_recordset, which re-parses nested objects into jsonb slowly.
+
+/** [[nodeId, ts, receivedAt, reading]] of the latest candidates. */
+function latestJson(p: Plan, iso: IsoCache): string {
+  const parts: string[] = [];
+  for (const i of p.latest) {
+    const r = p.rows[i];
+    parts.push(`[${JSON.stringify(r.nodeId)},"${iso.iso(r.ts)}","${iso.micros(r.receivedAt)}",${readingJson(r, iso)}]`);
+  }
+  return `[${parts.join(',')}]`;
+}
+
+/** [[nodeId, day, copies]] of identical copies inside the write. */
+function flushDupsJson(p: Plan): string {
+  const parts: string[] = [];
+  for (const [key, count] of p.flushDups) {
+    const sep = key.indexOf('\u0000');
+    parts.push(`[${JSON.stringify(key.slice(0, sep))},"${key.slice(sep + 1)}",${count}]`);
+  }
+  return `[${parts.join(',')}]`;
+}
+
+/**
+ * [[nodeId, bucketStart]]: dirty 15-minute buckets (epoch-aligned, UTC) of the rows `idx` (sorted by
+ * node, ts) that were written: every bucket overlapping [ts, ts + 3 × telemetryIntervalSeconds).
+ * Rows of a node come in time order, so a bucket already listed for the node is below `next`.
+ */
+function dirtyJson(p: Plan, idx: readonly number[], iso: IsoCache): string {
+  const parts: string[] = [];
+  let node = '';
+  let nodeJson = '';
+  let next = -Infinity;
+  for (const i of idx) {
+    if (p.outcome[i] === OUTCOME_DUPLICATE) continue;
+    const r = p.rows[i];
+    if (r.nodeId !== node) {
+      node = r.nodeId;
+      nodeJson = JSON.stringify(node);
+      next = -Infinity;
+    }
+    const end = r.ts + 3 * r.intervalS * 1000;
+    let b = Math.max(Math.floor(r.ts / BUCKET_MS) * BUCKET_MS, next);
+    for (; b < end; b += BUCKET_MS) parts.push(`[${nodeJson},"${iso.iso(b)}"]`);
+    if (b > next) next = b;
+  }
+  return `[${parts.join(',')}]`;
+}
+
+/** [[nodeId, ts, bucketStart]] per row for SMALL_SQL, which keeps the buckets of rows actually written. */
+function rowMarksJson(p: Plan, idx: readonly number[], iso: IsoCache): string {
+  const parts: string[] = [];
+  for (const i of idx) {
+    const r = p.rows[i];
+    const end = r.ts + 3 * r.intervalS * 1000;
+    const head = `[${JSON.stringify(r.nodeId)},"${iso.iso(r.ts)}","`;
+    for (let b = Math.floor(r.ts / BUCKET_MS) * BUCKET_MS; b < end; b += BUCKET_MS) parts.push(`${head}${iso.iso(b)}"]`);
+  }
+  return `[${parts.join(',')}]`;
+}
+
+/** Rows in telemetry column order; `extra` as a JSON string (so a JSON null is an SQL NULL). */
+function rowsJson(p: Plan, idx: readonly number[], iso: IsoCache): string {
+  const parts: string[] = [];
+  for (const i of idx) {
+    const r = p.rows[i];
+    let o = `[${JSON.stringify(r.nodeId)},"${iso.iso(r.ts)}","${iso.micros(r.receivedAt)}"`;
+    for (let k = 0; k < COLS.length; k++) o += r.values[k] === null ? ',null' : `,${r.values[k]}`;
+    o += `,${r.healthStatus === null ? 'null' : JSON.stringify(r.healthStatus)},${r.quality === null ? 'null' : JSON.stringify(r.quality)}`;
+    parts.push(`${o},${r.extra === null ? 'null' : JSON.stringify(r.extra)},${r.flags}]`);
+  }
+  return `[${parts.join(',')}]`;
+}
+
+async function copyRows(client: pg.PoolClient | pg.Client, p: Plan, idx: readonly number[], iso: IsoCache): Promise<void> {
   const stream = client.query(copyFrom(COPY_SQL));
   const done = new Promise<void>((resolve, reject) => {
     stream.on('error', reject);
     stream.on('finish', resolve);
   });
   let chunk = '';
-  let lastRecv = -1;
-  let recvIso = '';
-  for (let i = 0; i < rows.length; i++) {
-    if (!include[i]) continue;
-    const r = rows[i];
-    if (r.receivedAt !== lastRecv) {
-      lastRecv = r.receivedAt;
-      recvIso = isoMicros(lastRecv);
-    }
-    let line = `${i}\t${round[i]}\t${dupExtra[i]}\t${r.intervalS}\t${isLast[i] ? 't' : 'f'}\t${r.nodeId}\t${new Date(r.ts).toISOString()}\t${recvIso}`;
+  for (const i of idx) {
+    const r = p.rows[i];
+    let line = `${r.nodeId}\t${iso.iso(r.ts)}\t${iso.micros(r.receivedAt)}`;
     const v = r.values;
     for (let k = 0; k < v.length; k++) line += v[k] === null ? '\t\\N' : `\t${v[k]}`;
     line += `\t${r.healthStatus ?? '\\N'}\t${r.quality ?? '\\N'}\t${r.extra === null ? '\\N' : escapeCopy(r.extra)}\t${r.flags}\n`;
@@ -191,99 +387,106 @@ async function copyRows(client: pg.PoolClient | pg.Client, rows: readonly Ingest
   await done;
 }
 
+/** Marks rows of `idx` whose key is in `keys` ([nodeId, ts ms] pairs) as duplicates; returns how many. */
+function markDuplicates(p: Plan, idx: readonly number[], keys: [string, number][]): number {
+  if (keys.length === 0) return 0;
+  const set = new Set(keys.map(([id, ts]) => `${id}\u0000${ts}`));
+  let found = 0;
+  for (const i of idx) {
+    if (set.has(`${p.rows[i].nodeId}\u0000${p.rows[i].ts}`)) {
+      p.outcome[i] = OUTCOME_DUPLICATE;
+      found++;
+    }
+  }
+  return found;
+}
+
 /**
- * Starts a write transaction. The apply statement is prepared once per connection, so its plan
- * must suit any staged size: the planner's guess for a temp table is a few rows, and a nested loop
- * over the returned rows would be quadratic, while hash joins are linear at every size. (The
- * lateral generate_series stays a nested loop and carries the disabled-node cost penalty, which
- * must not trigger JIT compilation.) One round trip; the settings end with the transaction.
+ * Up to this many rows (and one round), a write is one statement with its rows as JSON and no
+ * explicit transaction: one round trip. Larger writes COPY into the staging table.
+ */
+export const SMALL_WRITE_ROWS = 1000;
+
+/**
+ * Starts a multi-statement write transaction. Statements are prepared once per connection, so
+ * their plans must suit any staged size: a nested loop over thousands of rows would be quadratic,
+ * hash joins are linear at every size; and the disabled-node cost penalty must not trigger JIT.
+ * One round trip; the settings end with the transaction.
  */
 export const BEGIN_WRITE = 'BEGIN; SET LOCAL enable_nestloop = off; SET LOCAL jit = off';
 
-/**
- * Writes rows on `client`, which must be inside a transaction begun with BEGIN_WRITE (the caller commits). Rows are taken
- * in arrival order: a later identical copy of a key is a duplicate; a later different version
- * goes into the next round, applied after the earlier one, so counts are exactly those of
- * applying the readings one by one (last write wins).
- */
-export async function writeRows(client: pg.PoolClient | pg.Client, rows: readonly IngestRow[]): Promise<WriteResult> {
-  const n = rows.length;
-  const outcome = new Uint8Array(n);
-  const include = new Uint8Array(n);
-  const round = new Int32Array(n);
-  const dupExtra = new Int32Array(n);
-  const lastOfKey = new Map<string, number>();
-  let rounds = 0;
-  let duplicates = 0;
-  for (let i = 0; i < n; i++) {
-    const r = rows[i];
-    const key = `${r.nodeId}\u0000${r.ts}`;
-    const j = lastOfKey.get(key);
-    if (j === undefined) {
-      lastOfKey.set(key, i);
-      include[i] = 1;
-    } else if (sameReading(rows[j], r)) {
-      outcome[i] = OUTCOME_DUPLICATE;
-      dupExtra[j]++;
-      duplicates++;
-    } else {
-      round[i] = round[j] + 1;
-      if (round[i] + 1 > rounds) rounds = round[i] + 1;
-      lastOfKey.set(key, i);
-      include[i] = 1;
-    }
-  }
-  if (rounds === 0) rounds = 1;
-  // The newest row of each node in each round feeds telemetry_latest.
-  const isLast = new Uint8Array(n);
-  const newest = new Map<string, number>();
-  for (let i = 0; i < n; i++) {
-    if (!include[i]) continue;
-    const key = rounds === 1 ? rows[i].nodeId : `${round[i]}\u0000${rows[i].nodeId}`;
-    const j = newest.get(key);
-    if (j === undefined || rows[j].ts < rows[i].ts) newest.set(key, i);
-  }
-  for (const i of newest.values()) isLast[i] = 1;
-  const result: WriteResult = { outcome, stored: 0, duplicates, corrected: 0, latest: [], changed: [] };
-  if (duplicates === n) return result;
+/** True when the plan is one statement, which can be its own transaction. */
+function isSingleStatement(p: Plan, smallRows: number): boolean {
+  return p.rounds.length === 1 && p.rounds[0].length <= smallRows;
+}
 
-  if (!staged.has(client)) {
-    await client.query(STAGE_DDL);
-    staged.add(client);
-  }
-  if (n <= SMALL_WRITE_ROWS) await insertRows(client, rows, include, round, dupExtra, isLast);
-  else await copyRows(client, rows, include, round, dupExtra, isLast);
-  const latest = new Map<string, LatestChange>();
-  const changed = new Map<string, ChangedRange>();
-  const perRound = new Int32Array(rounds);
-  for (let i = 0; i < n; i++) if (include[i]) perRound[round[i]]++;
-  for (let k = 0; k < rounds; k++) {
-    const { rows: out } = await client.query<{ written: number; corrected: number; latest: [string, number, number, Record<string, unknown>, number][]; changed: [string, number, number][] }>({
-      name: `vpp_telemetry_apply_${k}`,
-      text: applySql(k),
+async function applyPlan(client: pg.PoolClient | pg.Client, p: Plan, smallRows: number): Promise<WriteResult> {
+  const iso = new IsoCache();
+  const result: WriteResult = { outcome: p.outcome, stored: 0, duplicates: p.duplicates, corrected: 0, latest: [], changed: [] };
+  const latestParam = latestJson(p, iso);
+  const dupsParam = flushDupsJson(p);
+  let versions: [string, number][] = [];
+  for (let k = 0; k < p.rounds.length; k++) {
+    const idx = p.rounds[k];
+    // Latest candidates and copies inside the write do not depend on the telemetry rows: once, first.
+    const first = k === 0;
+    // Later rounds (changed versions of a key inside one write) are rare and go as JSON.
+    if (!first || idx.length <= smallRows) {
+      const { rows: out } = await client.query<{ corrected: number; latest: [string, number][]; dups: [string, number][] }>({
+        name: 'vpp_ingest_small',
+        text: SMALL_SQL,
+        values: [rowsJson(p, idx, iso), rowMarksJson(p, idx, iso), first ? latestParam : '[]', first ? dupsParam : '[]'],
+      });
+      result.corrected += out[0].corrected;
+      result.duplicates += markDuplicates(p, idx, out[0].dups);
+      if (first) versions = out[0].latest;
+      continue;
+    }
+    if (!staged.has(client)) {
+      await client.query(STAGE_DDL);
+      staged.add(client);
+    }
+    await copyRows(client, p, idx, iso);
+    const { rows: out } = await client.query<{ written: number; corrected: number; latest: [string, number][] }>({
+      name: 'vpp_ingest_large',
+      text: LARGE_SQL,
+      values: [dirtyJson(p, idx, iso), latestParam, dupsParam, idx.length],
     });
-    const res = out[0];
-    result.corrected += res.corrected;
-    if (res.written < perRound[k]) {
-      const { rows: d } = await client.query<{ seqs: number[] }>({ name: `vpp_telemetry_dups_${k}`, text: duplicatesSql(k) });
-      for (const seq of d[0].seqs) {
-        outcome[seq] = OUTCOME_DUPLICATE;
-        result.duplicates++;
-      }
-    }
-    for (const [nodeId, ts, receivedAt, reading, version] of res.latest) latest.set(nodeId, { nodeId, ts, receivedAt, reading, version: Number(version) });
-    for (const [nodeId, from, to] of res.changed) {
-      const c = changed.get(nodeId);
-      if (c) {
-        c.from = Math.min(c.from, from);
-        c.to = Math.max(c.to, to);
-      } else changed.set(nodeId, { nodeId, from, to });
+    result.corrected += out[0].corrected;
+    versions = out[0].latest;
+    if (out[0].written < idx.length) {
+      const { rows: d } = await client.query<{ keys: [string, number][] }>({ name: 'vpp_ingest_dups', text: DUPS_SQL });
+      result.duplicates += markDuplicates(p, idx, d[0].keys);
+      await client.query({ name: 'vpp_ingest_dirty', text: DIRTY_SQL, values: [dirtyJson(p, idx, iso)] });
     }
   }
-  result.stored = n - result.duplicates;
-  result.latest = [...latest.values()];
-  result.changed = [...changed.values()];
+  result.stored = p.rows.length - result.duplicates;
+  const byNode = new Map<string, number>();
+  for (const i of p.latest) byNode.set(p.rows[i].nodeId, i);
+  for (const [nodeId, version] of versions) {
+    const r = p.rows[byNode.get(nodeId) as number];
+    result.latest.push({ nodeId, ts: r.ts, receivedAt: r.receivedAt, reading: readingObject(r), version: Number(version) });
+  }
+  for (const idx of p.groups) {
+    let from = Infinity;
+    let to = -Infinity;
+    for (const i of idx) {
+      if (p.outcome[i] === OUTCOME_DUPLICATE) continue;
+      const ts = p.rows[i].ts;
+      if (ts < from) from = ts;
+      if (ts + 1 > to) to = ts + 1;
+    }
+    if (from !== Infinity) result.changed.push({ nodeId: p.rows[idx[0]].nodeId, from, to });
+  }
   return result;
+}
+
+/**
+ * Writes rows on `client`, which must be inside a transaction begun with BEGIN_WRITE (the caller
+ * commits). Exact counts as if the readings were applied one by one in arrival order.
+ */
+export async function writeRows(client: pg.PoolClient | pg.Client, rows: readonly IngestRow[], smallRows = SMALL_WRITE_ROWS): Promise<WriteResult> {
+  return applyPlan(client, planWrite(rows), smallRows);
 }
 
 /**
@@ -358,6 +561,8 @@ export interface WriterOptions {
   slots?: number;
   /** Largest number of readings in one flush. */
   maxFlushRows?: number;
+  /** Flushes up to this many rows (one round) are one statement, rows as JSON (see SMALL_WRITE_ROWS). */
+  smallRows?: number;
   /** Retries of a flush that failed on a deadlock, serialization failure or missing partition. */
   retries?: number;
 }
@@ -373,6 +578,7 @@ const RETRYABLE = new Set(['40P01', '40001', '23514']);
 export class GroupCommitWriter {
   private readonly slots: Slot[];
   private readonly maxFlushRows: number;
+  private readonly smallRows: number;
   private readonly retries: number;
 
   constructor(
@@ -384,6 +590,7 @@ export class GroupCommitWriter {
   ) {
     this.slots = Array.from({ length: opts.slots ?? 1 }, () => ({ rows: [], owners: [], running: null }));
     this.maxFlushRows = opts.maxFlushRows ?? 20_000;
+    this.smallRows = opts.smallRows ?? SMALL_WRITE_ROWS;
     this.retries = opts.retries ?? 3;
   }
 
@@ -486,17 +693,28 @@ export class GroupCommitWriter {
           throw unavailable(`database unavailable: ${(err as Error).message}`, 2, 'DATABASE_UNAVAILABLE');
         }
         let broken = false;
+        let inTransaction = false;
         try {
           await this.partitions.ensureFor(rows, client);
+          const plan = planWrite(rows);
+          // One statement needs no explicit transaction: it commits on its own, in one round trip.
+          if (isSingleStatement(plan, this.smallRows)) return await applyPlan(client, plan, this.smallRows);
+          inTransaction = true;
           await client.query(BEGIN_WRITE);
-          const result = await writeRows(client, rows);
+          const result = await applyPlan(client, plan, this.smallRows);
           await client.query('COMMIT');
           return result;
         } catch (err) {
-          broken = await client.query('ROLLBACK').then(
-            () => false,
-            () => true,
-          );
+          if (inTransaction) {
+            broken = await client.query('ROLLBACK').then(
+              () => false,
+              () => true,
+            );
+          } else {
+            // No SQLSTATE, or a connection/shutdown class: the connection is not to be reused.
+            const code = (err as { code?: string }).code;
+            broken = !code || code.startsWith('08') || code.startsWith('57');
+          }
           throw err;
         } finally {
           client.release(broken);
