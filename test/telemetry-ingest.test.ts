@@ -50,6 +50,9 @@ describe('telemetry ingestion (sync)', () => {
       { nodeId: 'conc-3' },
       { nodeId: 'flags-1', capacityKw: 100, intervalSeconds: 60 },
       { nodeId: 'pub-1', capacityKw: 100, intervalSeconds: 60 },
+      { nodeId: 'big-1', capacityKw: 100, intervalSeconds: 60 },
+      { nodeId: 'big-2', capacityKw: 100, intervalSeconds: 300 },
+      { nodeId: 'big-3', capacityKw: 100, intervalSeconds: 60 },
     ]);
   });
   after(async () => t?.close());
@@ -242,6 +245,112 @@ describe('telemetry ingestion (sync)', () => {
     r = await post('/api/telemetry/dirty-1', { timestamp: tss1[1], powerKw: 2 });
     assert.deepEqual(r.json(), { stored: 1, duplicates: 0 });
     assert.deepEqual(await dirtyOf(t, 'dirty-1'), expectedBuckets([tss1[1]], 60));
+  });
+
+  test('large writes (binary COPY path): every field round-trips; re-sends, corrections and versions counted exactly; dirty buckets of written rows only', async () => {
+    const nodes = ['big-1', 'big-2', 'big-3'];
+    const interval: Record<string, number> = { 'big-1': 60, 'big-2': 300, 'big-3': 60 };
+    const base = minutesAgo(900);
+    const specials = [-0, 1e300, 5e-324, -123.456, 0.1 + 0.2, -1e-7];
+    const extras: unknown[] = [{ s: 'ünïcødé ✓ 😀' }, { tab: 'a\tb', nl: 'x\ny', bs: 'c:\\d', q: '"quoted"' }, { nested: { list: [1, 2.5, null, true], empty: {} } }];
+    type R = Record<string, unknown> & { nodeId: string; timestamp: string; powerKw: number };
+    const readings: R[] = [];
+    for (let i = 0; i < 500; i++) {
+      for (const nodeId of nodes) {
+        const r: R = { nodeId, timestamp: iso(base + i * 60_000), powerKw: i % 50 === 0 ? specials[(i / 50) % specials.length] : Math.round(Math.sin(i) * 10_000) / 100 };
+        if (i % 7 === 0) Object.assign(r, { reactivePowerKvar: -i, voltageV: 400 + i / 10, currentA: i / 3, frequencyHz: 50, stateOfChargePct: i % 101, temperatureC: -5.5, irradianceWm2: 0, windSpeedMs: 3.25, gridImportKw: 1, gridExportKw: 2 });
+        if (i % 3 === 0) r.healthStatus = 'warning';
+        if (i % 4 === 0) r.quality = 'estimated';
+        if (i % 11 === 0) r.extra = extras[(i / 11) % extras.length];
+        readings.push(r);
+      }
+    }
+    // Reference: apply one by one in arrival order (same key and same values = duplicate).
+    const state = new Map<string, string>();
+    const canon = (r: R) => JSON.stringify(Object.keys(r).filter((k) => k !== 'nodeId' && k !== 'timestamp').sort().map((k) => [k, r[k] === 0 ? 0 : r[k]]));
+    const reference = (rs: R[]) => {
+      let stored = 0;
+      let duplicates = 0;
+      for (const r of rs) {
+        const key = `${r.nodeId}|${Date.parse(r.timestamp)}`;
+        if (state.get(key) === canon(r)) duplicates++;
+        else {
+          stored++;
+          state.set(key, canon(r));
+        }
+      }
+      return { stored, duplicates, rejected: [] };
+    };
+    // Versions of one key inside the same write: A=1, A=1, A=2, A=1 (later rounds in the same transaction).
+    const k0 = { nodeId: 'big-1', timestamp: iso(base + 10_000) };
+    const first = [...readings, { ...k0, powerKw: 1 }, { ...k0, powerKw: 1 }, { ...k0, powerKw: 2 }, { ...k0, powerKw: 1 }];
+    let r = await post('/api/telemetry/batch', { readings: first });
+    assert.equal(r.statusCode, 200, r.body);
+    assert.deepEqual(r.json(), reference(first));
+
+    const { rows: stored } = await t.container.db.pool.query(
+      `SELECT node_id, (extract(epoch FROM ts) * 1000)::float8 AS ts, power_kw, reactive_power_kvar, voltage_v, current_a, frequency_hz, state_of_charge_pct,
+         temperature_c, irradiance_wm2, wind_speed_ms, grid_import_kw, grid_export_kw, health_status, quality, extra, flags
+       FROM telemetry WHERE node_id = ANY($1)`,
+      [nodes],
+    );
+    assert.equal(stored.length, readings.length + 1);
+    const byKey = new Map(stored.map((x) => [`${x.node_id}|${x.ts}`, x]));
+    const cols: [string, string][] = [['powerKw', 'power_kw'], ['reactivePowerKvar', 'reactive_power_kvar'], ['voltageV', 'voltage_v'], ['currentA', 'current_a'], ['frequencyHz', 'frequency_hz'], ['stateOfChargePct', 'state_of_charge_pct'], ['temperatureC', 'temperature_c'], ['irradianceWm2', 'irradiance_wm2'], ['windSpeedMs', 'wind_speed_ms'], ['gridImportKw', 'grid_import_kw'], ['gridExportKw', 'grid_export_kw']];
+    for (const rd of readings) {
+      const row = byKey.get(`${rd.nodeId}|${Date.parse(rd.timestamp)}`);
+      assert.ok(row, rd.timestamp);
+      for (const [api, col] of cols) assert.equal(row[col], rd[api] === undefined ? null : (rd[api] as number) === 0 ? 0 : rd[api], `${rd.nodeId} ${rd.timestamp} ${api}`);
+      assert.equal(row.health_status, rd.healthStatus ?? null);
+      assert.equal(row.quality, rd.quality ?? null);
+      assert.deepEqual(row.extra, rd.extra ?? null);
+      // All are late (hours old); 1e300 is also out of range.
+      assert.equal(row.flags, (Math.abs(rd.powerKw) > 110 ? 1 : 0) | 2, `${rd.nodeId} ${rd.timestamp} flags`);
+    }
+    const k0row = byKey.get(`big-1|${base + 10_000}`);
+    assert.equal(k0row.power_kw, 1);
+    assert.equal(k0row.flags, 4 | 2, 'the key corrected inside the write carries the corrected flag');
+    // Latest per node: the newest reading, in API shape.
+    for (const nodeId of nodes) {
+      const l = await t.request({ method: 'GET', url: `/api/telemetry/${nodeId}/latest`, key: KEYS.read });
+      const newest = readings.filter((x) => x.nodeId === nodeId).at(-1) as R;
+      const { ageSeconds: _a, stale: _s, receivedAt: _r, ...reading } = l.json();
+      assert.deepEqual(reading, newest);
+    }
+
+    // The whole write again: all duplicates, counted per node and UTC day; nothing marked dirty.
+    await t.container.db.pool.query('DELETE FROM telemetry_dirty_buckets WHERE node_id = ANY($1)', [nodes]);
+    const { rows: q0 } = await t.container.db.pool.query('SELECT node_id, day::text, duplicates::int, corrected::int FROM telemetry_quality_daily WHERE node_id = ANY($1)', [nodes]);
+    r = await post('/api/telemetry/batch', { readings });
+    assert.deepEqual(r.json(), { stored: 0, duplicates: readings.length, rejected: [] });
+    assert.deepEqual(r.json(), reference(readings));
+    for (const nodeId of nodes) assert.deepEqual(await dirtyOf(t, nodeId), [], nodeId);
+    const dayOf = (ts: string) => ts.slice(0, 10);
+    const expectedQ = new Map(q0.map((x) => [`${x.node_id}|${x.day}`, { duplicates: x.duplicates, corrected: x.corrected }]));
+    for (const rd of readings) {
+      const k = `${rd.nodeId}|${dayOf(rd.timestamp)}`;
+      const e = expectedQ.get(k) ?? { duplicates: 0, corrected: 0 };
+      e.duplicates++;
+      expectedQ.set(k, e);
+    }
+    // Then a mixed write: 10 changed readings among identical ones.
+    const changed = new Set([3, 50, 51, 400, 777, 1000, 1200, 1300, 1498, 1499]);
+    const mixed = readings.map((x, i) => (changed.has(i) ? { ...x, powerKw: x.powerKw + 1000 } : x));
+    r = await post('/api/telemetry/batch', { readings: mixed });
+    assert.deepEqual(r.json(), reference(mixed));
+    for (const [i, rd] of mixed.entries()) {
+      const k = `${rd.nodeId}|${dayOf(rd.timestamp)}`;
+      const e = expectedQ.get(k) ?? { duplicates: 0, corrected: 0 };
+      if (changed.has(i)) e.corrected++;
+      else e.duplicates++;
+      expectedQ.set(k, e);
+    }
+    const { rows: q1 } = await t.container.db.pool.query('SELECT node_id, day::text, duplicates::int, corrected::int FROM telemetry_quality_daily WHERE node_id = ANY($1)', [nodes]);
+    assert.deepEqual(new Map(q1.map((x) => [`${x.node_id}|${x.day}`, { duplicates: x.duplicates, corrected: x.corrected }])), expectedQ);
+    for (const nodeId of nodes) {
+      const tss = mixed.filter((x, i) => changed.has(i) && x.nodeId === nodeId).map((x) => Date.parse(x.timestamp));
+      assert.deepEqual(await dirtyOf(t, nodeId), expectedBuckets(tss, interval[nodeId]), nodeId);
+    }
   });
 
   test('8 concurrent clients with overlapping batches: stored equals the distinct keys, no deadlock', async () => {
