@@ -103,7 +103,7 @@ export class TelemetryIngestService {
     const rows: IngestRow[] = [];
     const rejected: Rejection[] = [];
     for (let i = 0; i < readings.length; i++) {
-      const r = this.validator.check(readings[i], i, `/readings/${i}`, now);
+      const r = this.validator.checkBatchReading(readings[i], i, now);
       if ('rejection' in r) {
         rejected.push(r.rejection);
         this.deps.metrics.rejected.inc({ reason: r.reason });

@@ -104,6 +104,52 @@ function readingSchema(withNodeId: boolean): object {
   };
 }
 
+/** NUMERIC_FIELDS position by API name, and the schema's inclusive bounds per position. */
+const FIELD_INDEX: Record<string, number | undefined> = Object.assign(Object.create(null) as Record<string, number>, Object.fromEntries(NUMERIC_FIELDS.map(([api], i) => [api, i])));
+const FIELD_MIN = NUMERIC_FIELDS.map(([api]) => (api === 'voltageV' || api === 'stateOfChargePct' ? 0 : api === 'frequencyHz' ? 40 : -Infinity));
+const FIELD_MAX = NUMERIC_FIELDS.map(([api]) => (api === 'stateOfChargePct' ? 100 : api === 'frequencyHz' ? 70 : Infinity));
+const HEALTH_SET = new Set<string>(HEALTH_STATUSES);
+const QUALITY_SET = new Set<string>(QUALITIES);
+const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+/** The two decimal digits at `i` as a number, or -1. */
+function twoDigits(s: string, i: number): number {
+  const a = s.charCodeAt(i) - 48;
+  const b = s.charCodeAt(i + 1) - 48;
+  return a >= 0 && a <= 9 && b >= 0 && b <= 9 ? a * 10 + b : -1;
+}
+
+/**
+ * `YYYY-MM-DDTHH:MM:SSZ` or `YYYY-MM-DDTHH:MM:SS.sssZ` (the forms clients send nearly always) to
+ * epoch ms without regular expressions or Date parsing; undefined for any other form or any doubt
+ * (the caller then uses parseTime, whose result this equals whenever it answers).
+ */
+export function parseIsoFast(s: string): number | undefined {
+  const n = s.length;
+  if ((n !== 20 && n !== 24) || s.charCodeAt(n - 1) !== 90 /* Z */) return undefined;
+  if (s.charCodeAt(4) !== 45 || s.charCodeAt(7) !== 45 || s.charCodeAt(10) !== 84 || s.charCodeAt(13) !== 58 || s.charCodeAt(16) !== 58) return undefined;
+  const y1 = twoDigits(s, 0);
+  const y2 = twoDigits(s, 2);
+  const mo = twoDigits(s, 5);
+  const d = twoDigits(s, 8);
+  const h = twoDigits(s, 11);
+  const mi = twoDigits(s, 14);
+  const sec = twoDigits(s, 17);
+  let ms = 0;
+  if (n === 24) {
+    if (s.charCodeAt(19) !== 46) return undefined;
+    const a = twoDigits(s, 20);
+    const c = s.charCodeAt(22) - 48;
+    if (a < 0 || c < 0 || c > 9) return undefined;
+    ms = a * 10 + c;
+  }
+  if (y1 < 10 || y2 < 0 || mo < 1 || mo > 12 || d < 1 || h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 || sec > 59) return undefined;
+  const y = y1 * 100 + y2;
+  const leap = y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0);
+  if (d > (mo === 2 && leap ? 29 : DAYS_IN_MONTH[mo - 1])) return undefined;
+  return Date.UTC(y, mo - 1, d, h, mi, sec, ms);
+}
+
 // Own instance: strictNumbers rejects NaN/±Infinity (1e999 in JSON parses to Infinity).
 const ajv = new Ajv({ allErrors: true, strict: false, strictNumbers: true, coerceTypes: false, useDefaults: false });
 const batchCheck: ValidateFunction = ajv.compile(readingSchema(true));
@@ -129,6 +175,82 @@ export class ReadingValidator {
    * then omit nodeId, or repeat the same one). Returns the row, or the problems with their reason.
    */
   check(input: unknown, index: number, prefix: string, now: number, pathNodeId?: string): IngestRow | { rejection: Rejection; reason: RejectReason } {
+    return this.fast(input, now, pathNodeId) ?? this.full(input, index, prefix, now, pathNodeId);
+  }
+
+  /** Like check() for reading `index` of a batch body (paths /readings/<index>/…). */
+  checkBatchReading(input: unknown, index: number, now: number): IngestRow | { rejection: Rejection; reason: RejectReason } {
+    return this.fast(input, now) ?? this.full(input, index, `/readings/${index}`, now);
+  }
+
+  /**
+   * The common case without the schema validator or any allocation beyond the row: a reading
+   * whose every field is present in its plainest valid form. Anything else, valid or not, returns
+   * undefined and goes through full(), which decides and words every error; so this path only
+   * ever accepts what full() accepts, with the same row.
+   */
+  private fast(input: unknown, now: number, pathNodeId?: string): IngestRow | undefined {
+    if (typeof input !== 'object' || input === null || Array.isArray(input)) return undefined;
+    const r = input as Record<string, unknown>;
+    let nodeId = pathNodeId;
+    let timestamp: unknown;
+    let health: string | null = null;
+    let quality: string | null = null;
+    let extraValue: unknown;
+    const values: (number | null)[] = [null, null, null, null, null, null, null, null, null, null, null];
+    for (const key in r) {
+      const v = r[key];
+      const f = FIELD_INDEX[key];
+      if (f !== undefined) {
+        if (typeof v !== 'number' || !Number.isFinite(v)) return undefined;
+        if (v < FIELD_MIN[f] || v > FIELD_MAX[f]) return undefined;
+        values[f] = v;
+        continue;
+      }
+      switch (key) {
+        case 'nodeId':
+          if (typeof v !== 'string' || (pathNodeId !== undefined ? v !== pathNodeId : !NODE_ID_RE.test(v))) return undefined;
+          nodeId = v;
+          break;
+        case 'timestamp':
+          timestamp = v;
+          break;
+        case 'healthStatus':
+          if (typeof v !== 'string' || !HEALTH_SET.has(v)) return undefined;
+          health = v;
+          break;
+        case 'quality':
+          if (typeof v !== 'string' || !QUALITY_SET.has(v)) return undefined;
+          quality = v;
+          break;
+        case 'extra':
+          if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+          extraValue = v;
+          break;
+        default:
+          return undefined;
+      }
+    }
+    if (nodeId === undefined || values[0] === null) return undefined;
+    let ts: number | undefined;
+    if (typeof timestamp === 'string') ts = timestamp.length > 0 && timestamp.length <= 40 ? parseIsoFast(timestamp) ?? parseTime(timestamp) : undefined;
+    else if (typeof timestamp === 'number') ts = parseTime(timestamp);
+    if (ts === undefined || ts > now + FUTURE_TOLERANCE_MS || ts < now - this.ctx.retentionDays * 86_400_000) return undefined;
+    let extra: string | null = null;
+    if (extraValue !== undefined) {
+      extra = JSON.stringify(extraValue);
+      if (UNSTORABLE_JSON.test(extra) || (extra.length > EXTRA_MAX_BYTES / 4 && Buffer.byteLength(extra) > EXTRA_MAX_BYTES)) return undefined;
+    }
+    const info = this.ctx.node(nodeId);
+    if (!info && !this.ctx.acceptUnknownNodes) return undefined;
+    const intervalS = info?.telemetryIntervalSeconds ?? DEFAULT_INTERVAL_SECONDS;
+    let flags = 0;
+    if (info && Math.abs(values[0]) > 1.1 * info.capacityKw) flags |= FLAG_OUT_OF_RANGE;
+    if (now - ts > 3 * intervalS * 1000) flags |= FLAG_LATE;
+    return { nodeId, ts, receivedAt: now, values, healthStatus: health, quality, extra, flags, intervalS };
+  }
+
+  private full(input: unknown, index: number, prefix: string, now: number, pathNodeId?: string): IngestRow | { rejection: Rejection; reason: RejectReason } {
     const single = pathNodeId !== undefined;
     const validate = single ? singleCheck : batchCheck;
     const bodyNodeId = isObject(input) && typeof input.nodeId === 'string' ? input.nodeId : undefined;
