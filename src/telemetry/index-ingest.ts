@@ -7,9 +7,6 @@ import { PostgresQueue } from './queue-postgres.js';
 import { RedisQueue } from './queue-redis.js';
 import { GroupCommitWriter, PartitionCache, type WriteResult, type WriterHooks } from './writer.js';
 
-/** How many days of partitions the maintenance job keeps created ahead of today (UTC). */
-const PARTITIONS_AHEAD_DAYS = 3;
-
 /**
  * Telemetry ingestion: single and batch writes through group commit, the async queue (Redis
  * Streams with REDIS_URL, else a PostgreSQL table) and latest values.
@@ -36,6 +33,7 @@ export function createTelemetryIngestDomain(infra: Infra): Domain & { service: T
     queue,
     latest,
     pubsub: infra.pubsub,
+    publisher: infra.redis && infra.pubsub.kind === 'redis' ? { redis: infra.redis, channelPrefix: infra.keyPrefix } : undefined,
     metrics,
     logger,
     acceptUnknownNodes: config.unknownNodes === 'accept',
@@ -50,17 +48,6 @@ export function createTelemetryIngestDomain(infra: Infra): Domain & { service: T
   };
   infra.metrics.gauge('telemetry_ingest_queue_depth_readings', 'Readings in the async ingestion queue', async () => (await refreshStats()).depth);
   infra.metrics.gauge('telemetry_ingest_queue_lag_seconds', 'Age of the oldest entry in the async ingestion queue', () => lastStats.lagSeconds);
-
-  infra.jobs.register({
-    name: 'telemetry-partitions-ahead',
-    intervalMs: 3_600_000,
-    initialDelayMs: 1_000,
-    async run() {
-      const today = Math.floor(Date.now() / 86_400_000);
-      for (let d = 0; d <= PARTITIONS_AHEAD_DAYS; d++) await partitions.ensureDay(today + d);
-      return { ensuredThrough: new Date((today + PARTITIONS_AHEAD_DAYS) * 86_400_000).toISOString().slice(0, 10) };
-    },
-  });
 
   return {
     service,

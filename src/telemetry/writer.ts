@@ -614,6 +614,8 @@ interface Slot {
   rows: IngestRow[];
   owners: Pending[];
   running: Promise<void> | null;
+  /** A kick is scheduled (see GroupCommitWriter.schedule). */
+  scheduled: boolean;
 }
 
 export interface WriterHooks {
@@ -634,6 +636,8 @@ export interface WriterOptions {
   maxFlushRows?: number;
   /** Flushes up to this many rows (one round) are one statement, rows as JSON (see SMALL_WRITE_ROWS). */
   smallRows?: number;
+  /** Wait before a flush starts, ms (0: only the rest of the current event-loop turn). */
+  delayMs?: number;
   /** Retries of a flush that failed on a deadlock, serialization failure or missing partition. */
   retries?: number;
 }
@@ -651,6 +655,7 @@ export class GroupCommitWriter {
   private readonly maxFlushRows: number;
   private readonly smallRows: number;
   private readonly retries: number;
+  private readonly delayMs: number;
 
   constructor(
     private readonly db: Db,
@@ -659,10 +664,11 @@ export class GroupCommitWriter {
     private readonly logger: Logger,
     opts: WriterOptions = {},
   ) {
-    this.slots = Array.from({ length: opts.slots ?? 1 }, () => ({ rows: [], owners: [], running: null }));
+    this.slots = Array.from({ length: opts.slots ?? 1 }, () => ({ rows: [], owners: [], running: null, scheduled: false }));
     this.maxFlushRows = opts.maxFlushRows ?? 20_000;
     this.smallRows = opts.smallRows ?? SMALL_WRITE_ROWS;
     this.retries = opts.retries ?? 3;
+    this.delayMs = opts.delayMs ?? 0;
   }
 
   /** Readings waiting for a flush (not yet in a running one). */
@@ -689,7 +695,7 @@ export class GroupCommitWriter {
         slot.rows.push(r);
         slot.owners.push(p);
       }
-      for (const s of this.slots) this.kick(s);
+      for (const s of this.slots) this.schedule(s);
     });
   }
 
@@ -717,8 +723,25 @@ export class GroupCommitWriter {
     }
     slot.running = this.flush(rows, owners).finally(() => {
       slot.running = null;
-      this.kick(slot);
+      this.schedule(slot);
     });
+  }
+
+  /**
+   * Starts the slot's next flush after the current event-loop turn, not at once: requests whose
+   * bytes have already arrived are validated and buffered first, so a flush takes all of them. A
+   * flush costs much the same for 1 row as for 50, so fewer, larger flushes are what lets many
+   * concurrent single-reading requests through.
+   */
+  private schedule(slot: Slot): void {
+    if (slot.scheduled || slot.running || slot.rows.length === 0) return;
+    slot.scheduled = true;
+    const go = () => {
+      slot.scheduled = false;
+      this.kick(slot);
+    };
+    if (this.delayMs > 0) setTimeout(go, this.delayMs);
+    else setImmediate(go);
   }
 
   private async flush(rows: IngestRow[], owners: Pending[]): Promise<void> {
