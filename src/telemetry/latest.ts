@@ -30,7 +30,28 @@ end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1`;
 
-type CasRedis = Redis & { latestCas(key: string, version: string, value: string, ttlMs: string): Promise<number> };
+// The same rule for many keys in one call: ARGV = ttl, then version and value per key.
+const CAS_MANY_SCRIPT = `
+local ttl = ARGV[1]
+for i = 1, #KEYS do
+  local version = ARGV[2 * i]
+  local cur = redis.call('GET', KEYS[i])
+  local older = true
+  if cur then
+    local sep = string.find(cur, '|', 1, true)
+    if sep and tonumber(string.sub(cur, 1, sep - 1)) >= tonumber(version) then older = false end
+  end
+  if older then redis.call('SET', KEYS[i], version .. '|' .. ARGV[2 * i + 1], 'PX', ttl) end
+end
+return #KEYS`;
+
+/** Keys per CAS_MANY_SCRIPT call: one command instead of one per node, kept short enough not to stall Redis. */
+const CAS_BATCH = 200;
+
+type CasRedis = Redis & {
+  latestCas(key: string, version: string, value: string, ttlMs: string): Promise<number>;
+  latestCasMany(numKeys: number, ...keysAndArgs: string[]): Promise<number>;
+};
 
 /**
  * Latest readings: telemetry_latest is the truth, a version-checked cache in front. With Redis the
@@ -52,6 +73,7 @@ export class LatestStore {
     this.prefix = `${keyPrefix}cache:telemetry:latest:`;
     if (redis) {
       if (!(redis as unknown as Partial<CasRedis>).latestCas) redis.defineCommand('latestCas', { numberOfKeys: 1, lua: CAS_SCRIPT });
+      if (!(redis as unknown as Partial<CasRedis>).latestCasMany) redis.defineCommand('latestCasMany', { lua: CAS_MANY_SCRIPT });
       this.redis = redis as CasRedis;
     }
   }
@@ -85,12 +107,16 @@ export class LatestStore {
       return;
     }
     try {
-      const pipe = this.redis.pipeline();
-      for (const c of changes) {
-        (pipe as unknown as CasRedis).latestCas(this.prefix + c.nodeId, String(c.version), encode(c), String(TTL_SECONDS * 1000));
+      const ttl = String(TTL_SECONDS * 1000);
+      const calls: Promise<number>[] = [];
+      for (let i = 0; i < changes.length; i += CAS_BATCH) {
+        const part = changes.slice(i, i + CAS_BATCH);
+        const args: string[] = part.map((c) => this.prefix + c.nodeId);
+        args.push(ttl);
+        for (const c of part) args.push(String(c.version), encode(c));
+        calls.push(this.redis.latestCasMany(part.length, ...args));
       }
-      const results = await pipe.exec();
-      if (results?.some(([err]) => err)) throw new Error('cache update failed');
+      await Promise.all(calls);
     } catch {
       // The cache could not take the new values: drop what it holds so reads fall back to the database.
       await this.redis.del(...changes.map((c) => this.prefix + c.nodeId)).catch(() => undefined);

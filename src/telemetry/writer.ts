@@ -610,14 +610,6 @@ interface Pending {
   reject(err: unknown): void;
 }
 
-interface Slot {
-  rows: IngestRow[];
-  owners: Pending[];
-  running: Promise<void> | null;
-  /** A kick is scheduled (see GroupCommitWriter.schedule). */
-  scheduled: boolean;
-}
-
 export interface WriterHooks {
   /** Awaited after commit, before any request is answered (cache updates). */
   afterCommit(result: WriteResult): Promise<void>;
@@ -627,11 +619,15 @@ export interface WriterHooks {
 
 export interface WriterOptions {
   /**
-   * Concurrent flushes (each on its own connection); nodes are spread over them by hash. Default 1:
-   * a request's rows then commit in one write, and writes stay large (the per-node cost of latest
-   * values and dirty buckets is paid once per write, so readings per node per write is what counts).
+   * Flushes in flight at once, each on its own connection (default 4). A flush commits in about
+   * one fsync whatever its size, so several in flight keep many small requests moving.
    */
-  slots?: number;
+  concurrency?: number;
+  /**
+   * A flush with more rows than this is split by node into two parallel flushes when a second
+   * connection is free (default 2,000): large batches then use two database backends.
+   */
+  splitRows?: number;
   /** Largest number of readings in one flush. */
   maxFlushRows?: number;
   /** Flushes up to this many rows (one round) are one statement, rows as JSON (see SMALL_WRITE_ROWS). */
@@ -645,13 +641,22 @@ export interface WriterOptions {
 const RETRYABLE = new Set(['40P01', '40001', '23514']);
 
 /**
- * Group commit: readings of concurrent requests are buffered per slot and written together in one
- * transaction per flush; while a slot's flush runs, the next batch accumulates. A node always maps
- * to the same slot, so one key is never in two concurrent flushes and its versions apply in
- * arrival order. Each request's promise settles only when all its readings are committed.
+ * Group commit: readings of concurrent requests are buffered and written together, one
+ * transaction per flush; while flushes run, the next readings accumulate. Up to `concurrency`
+ * flushes run at once, but a node is in at most one of them: a reading whose node is being
+ * written waits in the buffer (behind it, its node's later readings), so one key is never in two
+ * concurrent flushes and its versions apply in arrival order. Each request's promise settles only
+ * when all its readings are committed.
  */
 export class GroupCommitWriter {
-  private readonly slots: Slot[];
+  private rows: IngestRow[] = [];
+  private owners: Pending[] = [];
+  /** Nodes with readings in a running flush. */
+  private readonly busy = new Set<string>();
+  private readonly running = new Set<Promise<void>>();
+  private scheduled = false;
+  private readonly concurrency: number;
+  private readonly splitRows: number;
   private readonly maxFlushRows: number;
   private readonly smallRows: number;
   private readonly retries: number;
@@ -664,7 +669,8 @@ export class GroupCommitWriter {
     private readonly logger: Logger,
     opts: WriterOptions = {},
   ) {
-    this.slots = Array.from({ length: opts.slots ?? 1 }, () => ({ rows: [], owners: [], running: null, scheduled: false }));
+    this.concurrency = Math.max(1, opts.concurrency ?? 4);
+    this.splitRows = opts.splitRows ?? 2000;
     this.maxFlushRows = opts.maxFlushRows ?? 20_000;
     this.smallRows = opts.smallRows ?? SMALL_WRITE_ROWS;
     this.retries = opts.retries ?? 3;
@@ -673,9 +679,7 @@ export class GroupCommitWriter {
 
   /** Readings waiting for a flush (not yet in a running one). */
   get buffered(): number {
-    let n = 0;
-    for (const s of this.slots) n += s.rows.length;
-    return n;
+    return this.rows.length;
   }
 
   /** Buffers rows for the next flush; resolves with this call's exact counts once all are committed. */
@@ -683,65 +687,88 @@ export class GroupCommitWriter {
     if (rows.length === 0) return Promise.resolve({ stored: 0, duplicates: 0 });
     return new Promise((resolve, reject) => {
       const p: Pending = { stored: 0, duplicates: 0, remaining: rows.length, settled: false, resolve, reject };
-      const nSlots = this.slots.length;
-      let lastNode = '';
-      let slot = this.slots[0];
       for (let i = 0; i < rows.length; i++) {
-        const r = rows[i];
-        if (r.nodeId !== lastNode) {
-          lastNode = r.nodeId;
-          slot = this.slots[nSlots === 1 ? 0 : hash(r.nodeId) % nSlots];
-        }
-        slot.rows.push(r);
-        slot.owners.push(p);
+        this.rows.push(rows[i]);
+        this.owners.push(p);
       }
-      for (const s of this.slots) this.schedule(s);
+      this.schedule();
     });
   }
 
   /** Resolves when nothing is buffered or being written (used by stop()). */
   async drain(): Promise<void> {
     for (;;) {
-      const running = this.slots.map((s) => s.running).filter((r): r is Promise<void> => r !== null);
-      if (running.length === 0 && this.buffered === 0) return;
-      for (const s of this.slots) this.kick(s);
-      await Promise.allSettled(this.slots.map((s) => s.running).filter((r): r is Promise<void> => r !== null));
+      if (this.running.size === 0 && this.rows.length === 0) return;
+      this.kick();
+      await Promise.allSettled([...this.running]);
     }
-  }
-
-  private kick(slot: Slot): void {
-    if (slot.running || slot.rows.length === 0) return;
-    const n = Math.min(slot.rows.length, this.maxFlushRows);
-    const rows = n === slot.rows.length ? slot.rows : slot.rows.slice(0, n);
-    const owners = n === slot.owners.length ? slot.owners : slot.owners.slice(0, n);
-    if (n === slot.rows.length) {
-      slot.rows = [];
-      slot.owners = [];
-    } else {
-      slot.rows = slot.rows.slice(n);
-      slot.owners = slot.owners.slice(n);
-    }
-    slot.running = this.flush(rows, owners).finally(() => {
-      slot.running = null;
-      this.schedule(slot);
-    });
   }
 
   /**
-   * Starts the slot's next flush after the current event-loop turn, not at once: requests whose
-   * bytes have already arrived are validated and buffered first, so a flush takes all of them. A
-   * flush costs much the same for 1 row as for 50, so fewer, larger flushes are what lets many
-   * concurrent single-reading requests through.
+   * Starts flushes after the current event-loop turn, not at once: requests whose bytes have
+   * already arrived are validated and buffered first, so a flush takes all of them. A flush costs
+   * much the same for 1 row as for 50, so fewer, larger flushes let more requests through.
    */
-  private schedule(slot: Slot): void {
-    if (slot.scheduled || slot.running || slot.rows.length === 0) return;
-    slot.scheduled = true;
+  private schedule(): void {
+    if (this.scheduled || this.rows.length === 0 || this.running.size >= this.concurrency) return;
+    this.scheduled = true;
     const go = () => {
-      slot.scheduled = false;
-      this.kick(slot);
+      this.scheduled = false;
+      this.kick();
     };
     if (this.delayMs > 0) setTimeout(go, this.delayMs);
     else setImmediate(go);
+  }
+
+  private kick(): void {
+    while (this.running.size < this.concurrency && this.rows.length > 0) {
+      // Take, in arrival order, the buffered rows whose node is not being written (up to the cap).
+      const takeRows: IngestRow[] = [];
+      const takeOwners: Pending[] = [];
+      const keepRows: IngestRow[] = [];
+      const keepOwners: Pending[] = [];
+      const held = new Set<string>();
+      for (let i = 0; i < this.rows.length; i++) {
+        const id = this.rows[i].nodeId;
+        if (takeRows.length < this.maxFlushRows && !this.busy.has(id) && !held.has(id)) {
+          takeRows.push(this.rows[i]);
+          takeOwners.push(this.owners[i]);
+        } else {
+          // A node left behind once stays behind for the rest of this pass: its order holds.
+          held.add(id);
+          keepRows.push(this.rows[i]);
+          keepOwners.push(this.owners[i]);
+        }
+      }
+      if (takeRows.length === 0) return;
+      this.rows = keepRows;
+      this.owners = keepOwners;
+      if (takeRows.length > this.splitRows && this.concurrency - this.running.size >= 2) {
+        // Two node-disjoint halves, written in parallel on two connections.
+        const parts: [IngestRow[], Pending[]][] = [
+          [[], []],
+          [[], []],
+        ];
+        for (let i = 0; i < takeRows.length; i++) {
+          const part = parts[hash(takeRows[i].nodeId) & 1];
+          part[0].push(takeRows[i]);
+          part[1].push(takeOwners[i]);
+        }
+        for (const [r, o] of parts) if (r.length) this.start(r, o);
+      } else this.start(takeRows, takeOwners);
+    }
+  }
+
+  private start(rows: IngestRow[], owners: Pending[]): void {
+    const nodes = new Set<string>();
+    for (const r of rows) nodes.add(r.nodeId);
+    for (const id of nodes) this.busy.add(id);
+    const run: Promise<void> = this.flush(rows, owners).finally(() => {
+      for (const id of nodes) this.busy.delete(id);
+      this.running.delete(run);
+      this.schedule();
+    });
+    this.running.add(run);
   }
 
   private async flush(rows: IngestRow[], owners: Pending[]): Promise<void> {
