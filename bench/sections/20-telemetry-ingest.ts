@@ -5,12 +5,14 @@
  *      distinct, sorted), 2 connections, 10,000 rows a transaction;
  *  (b) sync HTTP batch ingestion, 1,000 readings a request, 8 concurrent keep-alive clients;
  *  (c) single-reading ingestion, 32 concurrent clients;
+ *      the clients of (b) and (c) run in a worker thread, outside the service's event loop;
  *  (d) GET latest p50 / p99.
  * Prints medians of ctx.runs runs and the ratio (b)/(a) of each run.
  */
 import http from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import { Worker } from 'node:worker_threads';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -180,27 +182,70 @@ function send(s: Service, method: string, urlPath: string, body?: string): Promi
   });
 }
 
-/** Runs `clients` workers that take jobs from a shared list until it is empty. */
-async function pool<T>(jobs: T[], clients: number, fn: (job: T) => Promise<void>): Promise<void> {
+interface Job {
+  path: string;
+  body: string;
+}
+
+/**
+ * The load generator for (b) and (c), run in a worker thread: `clients` keep-alive HTTP clients
+ * take jobs from a shared list until it is empty. Clients live outside the service's event loop
+ * (as real clients do), so the figure is the service's, not the service's minus its own load
+ * generator's share of one thread. Returns the seconds from first request to last answer and the
+ * sum of the answers' `stored`.
+ */
+const LOAD_WORKER = `
+const { parentPort, workerData } = require('node:worker_threads');
+const http = require('node:http');
+const { port, key, jobs, clients, expect } = workerData;
+const agent = new http.Agent({ keepAlive: true, maxSockets: clients });
+function send(job) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: job.path, agent,
+      headers: { authorization: 'Bearer ' + key, 'content-type': 'application/json', 'content-length': Buffer.byteLength(job.body) } }, (res) => {
+      const parts = [];
+      res.on('data', (d) => parts.push(d));
+      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(parts).toString() }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(job.body);
+  });
+}
+(async () => {
   let next = 0;
-  await Promise.all(
-    Array.from({ length: clients }, async () => {
-      while (next < jobs.length) await fn(jobs[next++]);
-    }),
-  );
+  let stored = 0;
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: clients }, async () => {
+    while (next < jobs.length) {
+      const r = await send(jobs[next++]);
+      if (r.status !== expect) throw new Error('ingestion answered ' + r.status + ': ' + r.body.slice(0, 300));
+      stored += JSON.parse(r.body).stored;
+    }
+  }));
+  const seconds = (performance.now() - t0) / 1000;
+  agent.destroy();
+  parentPort.postMessage({ seconds, stored });
+})().catch((err) => parentPort.postMessage({ error: String(err && err.stack || err) }));
+`;
+
+function runLoad(s: Service, jobs: Job[], clients: number, expect: number): Promise<{ seconds: number; stored: number }> {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(LOAD_WORKER, { eval: true, workerData: { port: s.port, key: KEY, jobs, clients, expect } });
+    w.once('message', (m: { seconds: number; stored: number; error?: string }) => {
+      void w.terminate();
+      if (m.error) reject(new Error(m.error));
+      else resolve(m);
+    });
+    w.once('error', reject);
+  });
 }
 
 async function httpBatches(s: Service, readings: Reading[]): Promise<{ rate: number; stored: number }> {
-  const bodies: string[] = [];
-  for (let i = 0; i < readings.length; i += BATCH) bodies.push(JSON.stringify({ readings: readings.slice(i, i + BATCH) }));
-  let stored = 0;
-  const t0 = performance.now();
-  await pool(bodies, BATCH_CLIENTS, async (body) => {
-    const r = await send(s, 'POST', '/api/telemetry/batch', body);
-    if (r.status !== 200) throw new Error(`batch ingestion answered ${r.status}: ${r.body.slice(0, 300)}`);
-    stored += (JSON.parse(r.body) as { stored: number }).stored;
-  });
-  return { rate: readings.length / ((performance.now() - t0) / 1000), stored };
+  const jobs: Job[] = [];
+  for (let i = 0; i < readings.length; i += BATCH) jobs.push({ path: '/api/telemetry/batch', body: JSON.stringify({ readings: readings.slice(i, i + BATCH) }) });
+  const { seconds, stored } = await runLoad(s, jobs, BATCH_CLIENTS, 200);
+  return { rate: readings.length / seconds, stored };
 }
 
 async function httpSingles(s: Service, readings: Reading[]): Promise<number> {
@@ -208,12 +253,9 @@ async function httpSingles(s: Service, readings: Reading[]): Promise<number> {
     const { nodeId: id, ...rest } = r;
     return { path: `/api/telemetry/${id}`, body: JSON.stringify(rest) };
   });
-  const t0 = performance.now();
-  await pool(jobs, SINGLE_CLIENTS, async (j) => {
-    const r = await send(s, 'POST', j.path, j.body);
-    if (r.status !== 201) throw new Error(`single ingestion answered ${r.status}: ${r.body.slice(0, 300)}`);
-  });
-  return readings.length / ((performance.now() - t0) / 1000);
+  const { seconds, stored } = await runLoad(s, jobs, SINGLE_CLIENTS, 201);
+  if (stored !== readings.length) throw new Error(`single readings: stored ${stored} of ${readings.length}`);
+  return readings.length / seconds;
 }
 
 async function latestLatency(s: Service): Promise<number[]> {
