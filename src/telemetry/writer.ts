@@ -850,7 +850,7 @@ export class GroupCommitWriter {
   }
 }
 
-/** FNV-1a: spreads node ids over slots. */
+/** FNV-1a: splits a large flush's nodes over two connections. */
 function hash(s: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < s.length; i++) {
