@@ -247,13 +247,19 @@ export function calendarPeriods(tz: string, unit: CalendarUnit, from: number, to
  * (`YYYY-MM-DD`), in `tz`. Throws RangeError on a malformed date or `last` before `first`.
  */
 export function localDays(tz: string, first: string, last: string): Period[] {
+  const { from, to } = localDateSpan(tz, first, last);
+  return calendarPeriods(tz, 'day', from, to);
+}
+
+/** Epoch-ms span [start of `first`, end of `last`) of two civil dates (`YYYY-MM-DD`, both included) in `tz`. */
+function localDateSpan(tz: string, first: string, last: string): { from: number; to: number } {
   const a = parseDateLabel(first);
   const b = parseDateLabel(last);
   if (!a || !b) throw new RangeError('dates must be YYYY-MM-DD');
   const from = localDayStart(tz, a.y, a.m, a.d);
   const to = localDayStart(tz, b.y, b.m, b.d + 1);
   if (!(to > from)) throw new RangeError('last date is before first date');
-  return calendarPeriods(tz, 'day', from, to);
+  return { from, to };
 }
 
 /**
@@ -275,12 +281,7 @@ export function localMonths(tz: string, first: string, last: string): Period[] {
  * both included) in `tz`; each is labelled with its Monday.
  */
 export function localWeeks(tz: string, first: string, last: string): Period[] {
-  const a = parseDateLabel(first);
-  const b = parseDateLabel(last);
-  if (!a || !b) throw new RangeError('dates must be YYYY-MM-DD');
-  const from = localDayStart(tz, a.y, a.m, a.d);
-  const to = localDayStart(tz, b.y, b.m, b.d + 1);
-  if (!(to > from)) throw new RangeError('last date is before first date');
+  const { from, to } = localDateSpan(tz, first, last);
   return calendarPeriods(tz, 'week', from, to);
 }
 

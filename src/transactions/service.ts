@@ -12,6 +12,7 @@ import {
   GENESIS_HASH,
   recordHash,
   requestHash,
+  type HashedFields,
   type JsonValue,
   type TransactionRecord,
   type TransactionStatus,
@@ -54,21 +55,8 @@ export interface AppendInput {
   details?: { [key: string]: JsonValue };
 }
 
-/** Normalised request: what "the same body" means for idempotent retries. */
-interface NormalisedInput {
-  transactionId: string | null;
-  nodeId: string;
-  type: TransactionType;
-  timestamp: string;
-  market: string | null;
-  energyKwh: number | null;
-  powerKw: number | null;
-  priceEurMwh: number | null;
-  amountEur: number | null;
-  status: TransactionStatus;
-  relatesTo: string | null;
-  details: { [key: string]: JsonValue } | null;
-}
+/** Normalised request: what "the same body" means for idempotent retries (the hashed fields the log assigns left out). */
+type NormalisedInput = Omit<HashedFields, 'sequence' | 'id' | 'recordedAt'>;
 
 export interface AppendResult {
   record: TransactionRecord;
