@@ -3,6 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
+import { Redis } from 'ioredis';
 import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/logger.js';
 import { createContainer, type Container } from '../src/container.js';
@@ -149,8 +150,24 @@ export async function makeContext(serverUrl: string, redisUrl: string | undefine
     results,
     async cleanup() {
       for (const url of created) await dropDatabase(url).catch(() => undefined);
+      // Every section's service uses a `bench-…` key prefix; leave the shared Redis as it was.
+      if (redisUrl) await deleteKeys(redisUrl, 'bench-*').catch(() => undefined);
     },
   };
+}
+
+async function deleteKeys(redisUrl: string, pattern: string): Promise<void> {
+  const r = new Redis(redisUrl);
+  try {
+    let cursor = '0';
+    do {
+      const [next, keys] = await r.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length) await r.del(...keys);
+    } while (cursor !== '0');
+  } finally {
+    r.disconnect();
+  }
 }
 
 export function round(v: number): number {
