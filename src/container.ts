@@ -127,6 +127,9 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
     domains,
     startedAt: Date.now(),
     async start() {
+      // The command connection fails fast while it is not connected (no offline queue), so give it a
+      // moment to connect before domains publish; a Redis that is down only degrades the service.
+      if (redis && redis.status !== 'ready') await waitReady(redis, 3000);
       await nodes.start();
       for (const d of domains) await d.start?.();
       jobs.start();
@@ -146,4 +149,17 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
       await db.close();
     },
   };
+}
+
+/** Resolves when `client` is ready or after `timeoutMs`, whichever comes first. */
+function waitReady(client: Redis, timeoutMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      client.off('ready', done);
+      resolve();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    client.once('ready', done);
+  });
 }

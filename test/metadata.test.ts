@@ -434,7 +434,8 @@ describe('metadata changes reach the NodeRegistry of another instance', { skip: 
     assert.equal(b.container.nodes.get('reg-01'), undefined);
     const r = await a.request({ method: 'POST', url: '/api/metadata', headers: JSON_HEADERS, payload: JSON.stringify(fullNode('reg-01')) });
     assert.equal(r.statusCode, 201, r.body);
-    await waitFor(() => b.container.nodes.get('reg-01')?.capacityKw === 2500);
+    // Propagation, not latency, is under test here: allow for a loaded CI machine.
+    await waitFor(() => b.container.nodes.get('reg-01')?.capacityKw === 2500, 15_000);
     assert.deepEqual(b.container.nodes.get('reg-01'), {
       nodeId: 'reg-01',
       type: 'data_center',
@@ -446,7 +447,7 @@ describe('metadata changes reach the NodeRegistry of another instance', { skip: 
     });
     const p = await a.request({ method: 'PATCH', url: '/api/metadata/reg-01', headers: MERGE_HEADERS, payload: JSON.stringify({ capacityKw: 1234, status: 'maintenance', timezone: 'Asia/Tokyo' }) });
     assert.equal(p.statusCode, 200, p.body);
-    await waitFor(() => b.container.nodes.get('reg-01')?.capacityKw === 1234);
+    await waitFor(() => b.container.nodes.get('reg-01')?.capacityKw === 1234, 15_000);
     assert.equal(b.container.nodes.get('reg-01')?.status, 'maintenance');
     assert.equal(b.container.nodes.get('reg-01')?.timezone, 'Asia/Tokyo');
     // And B serves A's write over HTTP.

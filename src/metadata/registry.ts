@@ -74,9 +74,7 @@ export class NodeRegistry {
   }
 
   async start(): Promise<void> {
-    this.unsubscribe = await this.pubsub.subscribe(METADATA_CHANGED_CHANNEL, (nodeId) => {
-      this.reloadNode(nodeId).catch((err: unknown) => this.logger.warn({ err, nodeId }, 'node registry reload failed'));
-    });
+    this.unsubscribe = await this.pubsub.subscribe(METADATA_CHANGED_CHANNEL, (nodeId) => this.reloadWithRetry(nodeId, 3));
     await this.reloadAll();
     this.timer = setInterval(() => {
       this.reloadAll().catch((err: unknown) => this.logger.warn({ err }, 'node registry refresh failed'));
@@ -99,6 +97,17 @@ export class NodeRegistry {
     const { rows } = await this.db.pool.query<NodeRow>(`${SELECT} WHERE node_id = $1`, [nodeId]);
     if (rows[0]) this.nodes.set(nodeId, toInfo(rows[0]));
     else this.nodes.delete(nodeId);
+  }
+
+  /** A change message is not repeated, so a failed re-read (database busy or restarting) is retried a few times. */
+  private reloadWithRetry(nodeId: string, attemptsLeft: number): void {
+    this.reloadNode(nodeId).catch((err: unknown) => {
+      if (attemptsLeft <= 1) {
+        this.logger.warn({ err, nodeId }, 'node registry reload failed; the periodic refresh will pick the change up');
+        return;
+      }
+      setTimeout(() => this.reloadWithRetry(nodeId, attemptsLeft - 1), 1000).unref();
+    });
   }
 
   /** Called by the metadata service after it commits a change: updates this instance now and tells the others. */
