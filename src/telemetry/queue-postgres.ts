@@ -92,6 +92,17 @@ export class PostgresQueue implements IngestQueue {
     this.running = false;
     this.wake?.();
     await this.loop;
+    // A graceful stop writes what is queued before the process exits (bounded; whatever is left,
+    // e.g. while the database is down, stays in the table for the next start).
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      try {
+        if ((await this.consumeOnce()) === 0) break;
+      } catch (err) {
+        this.logger.warn({ err }, 'could not drain the ingestion queue at stop; entries stay queued');
+        break;
+      }
+    }
   }
 
   /** Takes and writes one batch of entries; returns how many entries it wrote. Public for tests. */
