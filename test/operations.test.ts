@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
+import type { PoolClient } from 'pg';
 import { createTestApp, KEYS, type TestApp } from './support/app.js';
 import { OPERATIONS_JOBS, restoreArchive, runRollupRetention, type ArchiveManifest } from '../src/operations/index.js';
 
@@ -331,11 +332,12 @@ describe('operations: partitions, retention, archive, restore', () => {
 
   test('metrics: a saturated pool shows as active connections and waiting requests', async () => {
     const pool = t.container.db.pool;
-    const held = [];
-    // Background work (jobs, the queue consumer) may hold a connection for a moment: fill the pool up to its size.
-    while (pool.totalCount < 20) held.push(await pool.connect());
-    const waiting = pool.query('SELECT 1').then(() => 'answered', (err: Error) => err.message);
+    const held: PoolClient[] = [];
+    let waiting: Promise<string> = Promise.resolve('answered');
     try {
+      // Background work (jobs, the queue consumer) may hold a connection for a moment: fill the pool up to its size.
+      while (pool.totalCount < 20) held.push(await pool.connect());
+      waiting = pool.query('SELECT 1').then(() => 'answered', (err: Error) => err.message);
       // Only the pool gauges: a full scrape would also run other domains' collectors, which may need a connection.
       const registry = t.container.metrics.registry;
       const text = (await registry.getSingleMetricAsString('db_pool_connections')) + '\n' + (await registry.getSingleMetricAsString('db_pool_waiting_requests'));
