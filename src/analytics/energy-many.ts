@@ -117,18 +117,22 @@ async function addTiers(q: Queryable, pieces: readonly { tier: Tier; node: strin
     params,
   );
   for (const r of rows) {
-    const f = out[r.item][r.period];
-    f.readingCount += r.n;
-    if (r.n > 0) {
-      f.minPowerKw = addMin(f.minPowerKw, r.min);
-      f.maxPowerKw = addMax(f.maxPowerKw, r.max);
-    }
-    f.integralKws += r.integral;
-    f.heldSeconds += r.held;
-    f.energyExportedKwh += r.exported ?? 0;
-    f.energyImportedKwh += r.imported ?? 0;
-    f.availableSeconds += r.available ?? 0;
+    addFigures(out[r.item][r.period], r.n, r.min, r.max, r.integral, r.held, r.exported ?? 0, r.imported ?? 0, r.available ?? 0);
   }
+}
+
+/** Adds one piece (a rollup row or a raw computation) to a period's running figures. */
+function addFigures(f: EnergyFigures, n: number, min: number | null, max: number | null, integral: number, held: number, exported: number, imported: number, available: number): void {
+  f.readingCount += n;
+  if (n > 0) {
+    f.minPowerKw = addMin(f.minPowerKw, min);
+    f.maxPowerKw = addMax(f.maxPowerKw, max);
+  }
+  f.integralKws += integral;
+  f.heldSeconds += held;
+  f.energyExportedKwh += exported;
+  f.energyImportedKwh += imported;
+  f.availableSeconds += available;
 }
 
 async function addRaw(
@@ -173,17 +177,7 @@ async function addRaw(
     r.periods.forEach((p, k) => {
       const a = partials[k].fields[0];
       const e = partials[k].extras;
-      const f = out[r.item][p.period];
-      f.readingCount += a.n;
-      if (a.n > 0) {
-        f.minPowerKw = addMin(f.minPowerKw, a.min);
-        f.maxPowerKw = addMax(f.maxPowerKw, a.max);
-      }
-      f.integralKws += a.integral;
-      f.heldSeconds += a.held;
-      f.energyExportedKwh += e.exportedKwh;
-      f.energyImportedKwh += e.importedKwh;
-      f.availableSeconds += e.availableS;
+      addFigures(out[r.item][p.period], a.n, a.min, a.max, a.integral, a.held, e.exportedKwh, e.importedKwh, e.availableS);
     });
   }
 }
