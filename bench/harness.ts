@@ -1,4 +1,5 @@
 /** Helpers shared by benchmark sections: statistics, timing, a fresh migrated database, and a listening service on it. */
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -174,4 +175,38 @@ export function round(v: number): number {
   if (Math.abs(v) >= 100) return Math.round(v);
   if (Math.abs(v) >= 1) return Math.round(v * 100) / 100;
   return Math.round(v * 10000) / 10000;
+}
+
+/**
+ * CPU time spent while a phase runs, in core-seconds: this process (service, load generator and
+ * everything else in it) and the rest of the machine (mostly PostgreSQL), from /proc/stat.
+ * Lets a figure be read as "where did the two cores go".
+ */
+export interface CpuSplit {
+  wallSeconds: number;
+  processSeconds: number;
+  othersSeconds: number;
+}
+
+function machineBusySeconds(): number {
+  try {
+    // Linux: first line of /proc/stat, jiffies (USER_HZ = 100): user nice system idle iowait irq softirq steal.
+    const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0];
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    const busy = f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] ?? 0);
+    return busy / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+export function cpuMeter(): () => CpuSplit {
+  const t0 = performance.now();
+  const p0 = process.cpuUsage();
+  const m0 = machineBusySeconds();
+  return () => {
+    const p = process.cpuUsage(p0);
+    const processSeconds = (p.user + p.system) / 1e6;
+    return { wallSeconds: (performance.now() - t0) / 1000, processSeconds, othersSeconds: Math.max(0, machineBusySeconds() - m0 - processSeconds) };
+  };
 }

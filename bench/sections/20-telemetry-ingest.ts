@@ -12,7 +12,7 @@
 import http from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import { Worker } from 'node:worker_threads';
+import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -21,7 +21,7 @@ import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import { createContainer, type Container } from '../../src/container.js';
 import { buildApp } from '../../src/app.js';
-import { median, percentile, rng, type BenchContext, type BenchSection } from '../harness.js';
+import { cpuMeter, median, percentile, rng, type BenchContext, type BenchSection } from '../harness.js';
 
 const KEY = 'bench-ingest-admin-key';
 const NODES = 1000;
@@ -89,7 +89,7 @@ const RAW_SQL = `INSERT INTO telemetry AS t (${COLS}) SELECT ${COLS} FROM raw_st
   WHERE (${VALUE_COLS.map((c) => `t.${c}`).join(', ')}) IS DISTINCT FROM (${VALUE_COLS.map((c) => `EXCLUDED.${c}`).join(', ')})`;
 
 /** (a): plain SQL, 2 connections (nodes split between them), 10,000 rows a transaction. */
-async function rawCeiling(url: string, readings: Reading[]): Promise<number> {
+async function rawCeiling(url: string, readings: Reading[]): Promise<{ rate: number; cpu: string }> {
   const days = new Set(readings.map((r) => r.timestamp.slice(0, 10)));
   const setup = new pg.Client({ connectionString: url });
   await setup.connect();
@@ -116,6 +116,7 @@ async function rawCeiling(url: string, readings: Reading[]): Promise<number> {
       return c;
     }),
   );
+  const meter = cpuMeter();
   const t0 = performance.now();
   await Promise.all(
     clients.map(async (c, w) => {
@@ -133,8 +134,9 @@ async function rawCeiling(url: string, readings: Reading[]): Promise<number> {
     }),
   );
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = meter();
   await Promise.all(clients.map((c) => c.end()));
-  return readings.length / seconds;
+  return { rate: readings.length / seconds, cpu: cpuPerReading({ service: 0, client: cpu.processSeconds, others: cpu.othersSeconds }, readings.length) };
 }
 
 interface Service {
@@ -188,74 +190,102 @@ interface Job {
 }
 
 /**
- * The load generator for (b) and (c), run in a worker thread: `clients` keep-alive HTTP clients
- * take jobs from a shared list until it is empty. Clients live outside the service's event loop
- * (as real clients do), so the figure is the service's, not the service's minus its own load
- * generator's share of one thread. Returns the seconds from first request to last answer and the
- * sum of the answers' `stored`.
+ * The load generator for (b) and (c), run in a child process: `clients` keep-alive HTTP clients
+ * take jobs from a shared list until it is empty. Clients live outside the service's process (as
+ * real clients do), so the service's CPU time is its own. Returns the seconds from first request to
+ * last answer, the sum of the answers' `stored`, and the generator's own CPU seconds.
  */
-const LOAD_WORKER = `
-const { parentPort, workerData } = require('node:worker_threads');
+const LOAD_CHILD = `
 const http = require('node:http');
-const { port, key, jobs, clients, expect } = workerData;
-const agent = new http.Agent({ keepAlive: true, maxSockets: clients });
-function send(job) {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: job.path, agent,
-      headers: { authorization: 'Bearer ' + key, 'content-type': 'application/json', 'content-length': Buffer.byteLength(job.body) } }, (res) => {
-      const parts = [];
-      res.on('data', (d) => parts.push(d));
-      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(parts).toString() }));
-      res.on('error', reject);
+process.once('message', ({ port, key, jobs, clients, expect }) => {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: clients });
+  function send(job) {
+    return new Promise((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: job.path, agent,
+        headers: { authorization: 'Bearer ' + key, 'content-type': 'application/json', 'content-length': Buffer.byteLength(job.body) } }, (res) => {
+        const parts = [];
+        res.on('data', (d) => parts.push(d));
+        res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(parts).toString() }));
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end(job.body);
     });
-    req.on('error', reject);
-    req.end(job.body);
-  });
-}
-(async () => {
-  let next = 0;
-  let stored = 0;
-  const t0 = performance.now();
-  await Promise.all(Array.from({ length: clients }, async () => {
-    while (next < jobs.length) {
-      const r = await send(jobs[next++]);
-      if (r.status !== expect) throw new Error('ingestion answered ' + r.status + ': ' + r.body.slice(0, 300));
-      stored += JSON.parse(r.body).stored;
-    }
-  }));
-  const seconds = (performance.now() - t0) / 1000;
-  agent.destroy();
-  parentPort.postMessage({ seconds, stored });
-})().catch((err) => parentPort.postMessage({ error: String(err && err.stack || err) }));
+  }
+  (async () => {
+    let next = 0;
+    let stored = 0;
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    await Promise.all(Array.from({ length: clients }, async () => {
+      while (next < jobs.length) {
+        const r = await send(jobs[next++]);
+        if (r.status !== expect) throw new Error('ingestion answered ' + r.status + ': ' + r.body.slice(0, 300));
+        stored += JSON.parse(r.body).stored;
+      }
+    }));
+    const seconds = (performance.now() - t0) / 1000;
+    const c = process.cpuUsage(c0);
+    agent.destroy();
+    process.send({ seconds, stored, cpuSeconds: (c.user + c.system) / 1e6 }, () => process.exit(0));
+  })().catch((err) => process.send({ error: String(err && err.stack || err) }, () => process.exit(1)));
+});
 `;
 
-function runLoad(s: Service, jobs: Job[], clients: number, expect: number): Promise<{ seconds: number; stored: number }> {
-  return new Promise((resolve, reject) => {
-    const w = new Worker(LOAD_WORKER, { eval: true, workerData: { port: s.port, key: KEY, jobs, clients, expect } });
-    w.once('message', (m: { seconds: number; stored: number; error?: string }) => {
-      void w.terminate();
-      if (m.error) reject(new Error(m.error));
-      else resolve(m);
-    });
-    w.once('error', reject);
-  });
+interface LoadResult {
+  seconds: number;
+  stored: number;
+  /** Core-seconds while the load ran: the service's process, the load generator, the rest (PostgreSQL). */
+  cpu: { service: number; client: number; others: number };
 }
 
-async function httpBatches(s: Service, readings: Reading[]): Promise<{ rate: number; stored: number }> {
+async function runLoad(s: Service, jobs: Job[], clients: number, expect: number): Promise<LoadResult> {
+  const child = spawn(process.execPath, ['-e', LOAD_CHILD], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  try {
+    const done = new Promise<{ seconds: number; stored: number; cpuSeconds: number; error?: string }>((resolve, reject) => {
+      child.once('message', (m) => resolve(m as { seconds: number; stored: number; cpuSeconds: number; error?: string }));
+      child.once('error', reject);
+      child.once('exit', (code) => reject(new Error(`load generator exited with ${code}`)));
+    });
+    const cpu = cpuMeter();
+    child.send({ port: s.port, key: KEY, jobs, clients, expect });
+    const m = await done;
+    const split = cpu();
+    if (m.error) throw new Error(m.error);
+    return { seconds: m.seconds, stored: m.stored, cpu: { service: split.processSeconds, client: m.cpuSeconds, others: Math.max(0, split.othersSeconds - m.cpuSeconds) } };
+  } finally {
+    child.kill();
+  }
+}
+
+async function httpBatches(s: Service, readings: Reading[]): Promise<{ rate: number; stored: number; cpu: string }> {
   const jobs: Job[] = [];
   for (let i = 0; i < readings.length; i += BATCH) jobs.push({ path: '/api/telemetry/batch', body: JSON.stringify({ readings: readings.slice(i, i + BATCH) }) });
-  const { seconds, stored } = await runLoad(s, jobs, BATCH_CLIENTS, 200);
-  return { rate: readings.length / seconds, stored };
+  const { seconds, stored, cpu } = await runLoad(s, jobs, BATCH_CLIENTS, 200);
+  return { rate: readings.length / seconds, stored, cpu: cpuPerReading(cpu, readings.length) };
 }
 
-async function httpSingles(s: Service, readings: Reading[]): Promise<number> {
+/** CPU µs per reading: service process / load generator / the rest (PostgreSQL). */
+function cpuPerReading(cpu: LoadResult['cpu'], n: number): string {
+  const us = (v: number) => ((v * 1e6) / n).toFixed(1);
+  return `cpu µs/reading service ${us(cpu.service)} client ${us(cpu.client)} db ${us(cpu.others)}`;
+}
+
+async function httpSingles(s: Service, readings: Reading[]): Promise<{ rate: number; cpu: string }> {
   const jobs = readings.map((r) => {
     const { nodeId: id, ...rest } = r;
     return { path: `/api/telemetry/${id}`, body: JSON.stringify(rest) };
   });
-  const { seconds, stored } = await runLoad(s, jobs, SINGLE_CLIENTS, 201);
+  const { seconds, stored, cpu } = await runLoad(s, jobs, SINGLE_CLIENTS, 201);
   if (stored !== readings.length) throw new Error(`single readings: stored ${stored} of ${readings.length}`);
-  return readings.length / seconds;
+  return { rate: readings.length / seconds, cpu: cpuPerReading(cpu, readings.length) };
+}
+
+/** Group-commit flushes so far (count and readings) from the service's own metric. */
+async function flushSizes(s: Service): Promise<{ count: number; sum: number }> {
+  const m = await s.container.metrics.registry.getSingleMetric('telemetry_flush_readings')?.get();
+  const v = (name: string) => m?.values.find((x) => (x as { metricName?: string }).metricName === name)?.value ?? 0;
+  return { count: v('telemetry_flush_readings_count'), sum: v('telemetry_flush_readings_sum') };
 }
 
 async function latestLatency(s: Service): Promise<number[]> {
@@ -288,15 +318,16 @@ export const section: BenchSection = {
     for (let run = 0; run < ctx.runs; run++) {
       const rawDb = await ctx.freshDatabase();
       await seedNodes(rawDb);
-      const a = await rawCeiling(rawDb, readings);
+      const { rate: a, cpu: aCpu } = await rawCeiling(rawDb, readings);
 
       const svcDb = await ctx.freshDatabase();
       await seedNodes(svcDb);
       const s = await startService(ctx, svcDb);
       try {
         const b = await httpBatches(s, readings);
+        const flushes = await flushSizes(s);
         if (b.stored !== readings.length) throw new Error(`stored ${b.stored} of ${readings.length}`);
-        const c = await httpSingles(s, singles);
+        const { rate: c, cpu: cCpu } = await httpSingles(s, singles);
         const lat = await latestLatency(s);
         raw.push(a);
         batch.push(b.rate);
@@ -305,6 +336,8 @@ export const section: BenchSection = {
         p50.push(percentile(lat, 50));
         p99.push(percentile(lat, 99));
         console.log(`   run ${run + 1}: (a) ${Math.round(a)}/s  (b) ${Math.round(b.rate)}/s  (b)/(a) ${(b.rate / a).toFixed(3)}  (c) ${Math.round(c)}/s  latest p50 ${percentile(lat, 50).toFixed(3)} ms`);
+        const flushes2 = await flushSizes(s);
+        console.log(`          (a) ${aCpu}\n          (b) ${b.cpu}, ${flushes.count} flushes of ${Math.round(flushes.sum / flushes.count)} readings on average\n          (c) ${cCpu}, ${flushes2.count - flushes.count} flushes of ${((flushes2.sum - flushes.sum) / (flushes2.count - flushes.count)).toFixed(1)} readings on average`);
       } finally {
         await s.close();
       }
