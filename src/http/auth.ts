@@ -33,13 +33,28 @@ export function presentedKey(req: FastifyRequest): string | undefined {
 /** Known keys by hash. Keys from `API_KEYS` live only in memory; a generated key is kept only as its hash. */
 export class KeyRing {
   private readonly byHash = new Map<string, Set<Scope>>();
+  /** Known keys seen so far (bounded by the ring): their hash is not recomputed per request. */
+  private readonly seen = new Map<string, { hash: string; scopes: Set<Scope> }>();
 
   add(hash: string, scopes: readonly Scope[]): void {
     this.byHash.set(hash, new Set(scopes));
+    this.seen.clear();
   }
 
   scopesOf(key: string): Set<Scope> | undefined {
-    return this.byHash.get(hashKey(key));
+    return this.lookup(key)?.scopes;
+  }
+
+  /** The key's hash and scopes, or undefined for an unknown key (unknown keys are not remembered). */
+  lookup(key: string): { hash: string; scopes: Set<Scope> } | undefined {
+    const hit = this.seen.get(key);
+    if (hit) return hit;
+    const hash = hashKey(key);
+    const scopes = this.byHash.get(hash);
+    if (!scopes) return undefined;
+    const entry = { hash, scopes };
+    this.seen.set(key, entry);
+    return entry;
   }
 
   get size(): number {
@@ -79,9 +94,10 @@ export function authHook(ring: KeyRing) {
     if (!needed) return;
     const key = presentedKey(req);
     if (!key) throw new AppError(401, 'UNAUTHORIZED', 'missing API key: send Authorization: Bearer <key> or X-API-Key');
-    const scopes = ring.scopesOf(key);
-    if (!scopes) throw new AppError(401, 'UNAUTHORIZED', 'unknown API key');
-    req.apiKeyId = hashKey(key);
+    const known = ring.lookup(key);
+    if (!known) throw new AppError(401, 'UNAUTHORIZED', 'unknown API key');
+    const scopes = known.scopes;
+    req.apiKeyId = known.hash;
     if (!scopes.has(needed) && !scopes.has('admin')) {
       throw new AppError(403, 'FORBIDDEN', `this key lacks the "${needed}" scope`);
     }

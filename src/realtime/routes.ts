@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { AppError, badRequest } from '../http/errors.js';
-import { hashKey, presentedKey, type KeyRing } from '../http/auth.js';
+import { presentedKey, type KeyRing } from '../http/auth.js';
 import { NODE_ID_PATTERN, errorResponses } from '../http/schemas.js';
 import type { ErrorDetail } from '../http/errors.js';
 import { requireEventId } from './event-log.js';
@@ -84,9 +84,10 @@ export function parseStreamFilter(q: { nodeId?: string; type?: string; events?: 
 function authorize(ring: KeyRing, req: FastifyRequest<{ Querystring: { apiKey?: string } }>): void {
   const key = presentedKey(req) ?? (req.query.apiKey || undefined);
   if (!key) throw new AppError(401, 'UNAUTHORIZED', 'missing API key: send Authorization: Bearer <key>, X-API-Key, or ?apiKey=');
-  const scopes = ring.scopesOf(key);
-  if (!scopes) throw new AppError(401, 'UNAUTHORIZED', 'unknown API key');
-  req.apiKeyId = hashKey(key);
+  const known = ring.lookup(key);
+  if (!known) throw new AppError(401, 'UNAUTHORIZED', 'unknown API key');
+  const scopes = known.scopes;
+  req.apiKeyId = known.hash;
   if (!scopes.has('read') && !scopes.has('admin')) throw new AppError(403, 'FORBIDDEN', 'this key lacks the "read" scope');
 }
 
