@@ -112,9 +112,16 @@ for (const backend of backends()) {
       assert.equal(await c.get('b:1'), 'three');
       await c.del(['b:1']);
       assert.equal(await c.get('b:1'), null);
+      await c.setMany([['m:1', 'uno'], ['m:2', 'dos']], 5);
+      assert.deepEqual([await c.get('m:1'), await c.get('m:2')], ['uno', 'dos']);
+      await c.setMany([['m:1', 'eins']], 0.05);
+      await c.setMany([], 5);
+      assert.equal(await c.get('m:1'), 'eins');
       await c.set('short', 'x', 0.05);
       await new Promise((r) => setTimeout(r, 120));
       assert.equal(await c.get('short'), null, 'entry expires after its TTL');
+      assert.equal(await c.get('m:1'), null, 'setMany entries expire after their TTL');
+      assert.equal(await c.get('m:2'), 'dos');
     });
 
     test('pub/sub delivers to subscribers', async () => {

@@ -24,7 +24,7 @@ const NODES: FleetNode[] = [
 const REAL = ausgridRows(500);
 let realIndex = 0;
 
-/** A `telemetry.latest` message as ingestion publishes it, with real values. */
+/** One node's `telemetry.latest` change, with real values (ingestion publishes an array of these per write). */
 function message(nodeId: string, extra?: Record<string, unknown>): string {
   const row = REAL[realIndex++ % REAL.length];
   const ts = new Date().toISOString();
@@ -103,6 +103,25 @@ for (const backend of backends()) {
       assert.equal(both.events.length, 0);
       // The same event has the same id for every client.
       assert.equal(telemetry(byNode)[1].id, got[2].id);
+    });
+
+    test('a message with several nodes\' changes (as ingestion publishes per write) gives one event each, in order, each replayable', async () => {
+      const all = await sse('?events=telemetry');
+      const batch = `[${['bat-1', 'pv-1', 'bat-2'].map((id) => message(id)).join(',')}]`;
+      await publish(batch);
+      await all.waitFor((ev) => ev.length >= 3);
+      const got = telemetry(all);
+      assert.deepEqual(got.map((e) => e.body.nodeId), ['bat-1', 'pv-1', 'bat-2']);
+      assertIncreasing(got.map((e) => e.id));
+      // Replaying from the first event's id gives the other two, as their own entries.
+      const replay = await sse('?events=telemetry', { authorization: `Bearer ${KEYS.read}`, 'last-event-id': got[0].id as string });
+      await replay.waitFor((ev) => ev.length >= 2);
+      assert.deepEqual(telemetry(replay).slice(0, 2).map((e) => [e.body.nodeId, e.id]), [['pv-1', got[1].id], ['bat-2', got[2].id]]);
+      // A malformed element spoils the message, which is ignored as a whole.
+      await publish(`[${message('bat-1')},{"nodeId":1}]`);
+      await publish(message('pv-1'));
+      await all.waitFor((ev) => ev.length >= 4);
+      assert.deepEqual(telemetry(all).slice(3).map((e) => e.body.nodeId), ['pv-1']);
     });
 
     test('the key may come as ?apiKey= (EventSource); bad or missing keys get 401/403 envelopes', async () => {

@@ -72,23 +72,32 @@ export class AnalyticsCache {
   }
 
   /**
-   * A write changed readings in `[from, to)`: answers over any instant from `from` up to the
-   * last reading's hold end can change, so the counters of every UTC month there move on.
+   * A write changed readings in `[from, to)` per node (the message is an array of such changes, or
+   * one): answers over any instant from `from` up to the last reading's hold end can change, so
+   * the counters of every UTC month there move on, the node's and the fleet's. One write bumps
+   * each counter once, in one round trip.
    */
   async onTelemetryChanged(message: string): Promise<void> {
-    let m: { nodeId?: unknown; from?: unknown; to?: unknown };
+    let parsed: unknown;
     try {
-      m = JSON.parse(message) as typeof m;
+      parsed = JSON.parse(message);
     } catch {
       return;
     }
-    if (typeof m.nodeId !== 'string' || typeof m.from !== 'number' || typeof m.to !== 'number') return;
-    const interval = this.nodes.get(m.nodeId)?.telemetryIntervalSeconds;
-    const capMs = interval ? 3 * interval * 1000 : MAX_CAP_MS;
-    const months = monthsOverlapping(m.from, m.to + capMs);
-    await Promise.all(
-      months.flatMap((month) => [m.nodeId as string, FLEET].map((owner) => this.cache.set(`${GEN_PREFIX}${owner}:${month}`, randomUUID(), TTL_GENERATION_SECONDS))),
-    );
+    const changes = (Array.isArray(parsed) ? parsed : [parsed]) as { nodeId?: unknown; from?: unknown; to?: unknown }[];
+    const keys = new Set<string>();
+    for (const m of changes) {
+      if (!m || typeof m.nodeId !== 'string' || typeof m.from !== 'number' || typeof m.to !== 'number') continue;
+      const interval = this.nodes.get(m.nodeId)?.telemetryIntervalSeconds;
+      const capMs = interval ? 3 * interval * 1000 : MAX_CAP_MS;
+      for (const month of monthsOverlapping(m.from, m.to + capMs)) {
+        keys.add(`${GEN_PREFIX}${m.nodeId}:${month}`);
+        keys.add(`${GEN_PREFIX}${FLEET}:${month}`);
+      }
+    }
+    if (keys.size === 0) return;
+    const generation = randomUUID();
+    await this.cache.setMany([...keys].map((k) => [k, generation] as const), TTL_GENERATION_SECONDS);
   }
 
   /** The counters of `owner` (a nodeId or FLEET) for the UTC months overlapping `[lo, hi)`, joined. */

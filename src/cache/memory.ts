@@ -31,6 +31,10 @@ export class MemoryCache implements Cache {
     this.entries.set(key, { value, expiresAt: Date.now() + ttlSeconds * 1000 });
   }
 
+  async setMany(entries: readonly (readonly [string, string])[], ttlSeconds: number): Promise<void> {
+    for (const [key, value] of entries) await this.set(key, value, ttlSeconds);
+  }
+
   async del(keys: string[]): Promise<void> {
     for (const k of keys) this.entries.delete(k);
   }

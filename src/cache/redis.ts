@@ -53,6 +53,18 @@ export class RedisCache implements Cache {
     }
   }
 
+  async setMany(entries: readonly (readonly [string, string])[], ttlSeconds: number): Promise<void> {
+    if (entries.length === 0) return;
+    const px = Math.max(1, Math.round(ttlSeconds * 1000));
+    try {
+      const pipe = this.client.pipeline();
+      for (const [key, value] of entries) pipe.set(this.prefix + key, value, 'PX', px);
+      await pipe.exec();
+    } catch {
+      /* as set */
+    }
+  }
+
   async del(keys: string[]): Promise<void> {
     if (keys.length === 0) return;
     try {

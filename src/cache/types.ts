@@ -8,6 +8,8 @@ export interface Cache {
   get(key: string): Promise<string | null>;
   /** @param ttlSeconds expiry in seconds (> 0) */
   set(key: string, value: string, ttlSeconds: number): Promise<void>;
+  /** `set` for several entries with one expiry, in one round trip. */
+  setMany(entries: readonly (readonly [key: string, value: string])[], ttlSeconds: number): Promise<void>;
   del(keys: string[]): Promise<void>;
   /** Deletes every key that starts with `prefix` (used for invalidating a family of entries). */
   delPrefix(prefix: string): Promise<void>;

@@ -32,6 +32,12 @@ export class MemoryEventLog implements EventLog {
     return id;
   }
 
+  async appendMany(messages: readonly string[]): Promise<string[]> {
+    const ids: string[] = [];
+    for (const m of messages) ids.push(await this.append(m));
+    return ids;
+  }
+
   async readAfter(afterId: string, limit: number): Promise<LoggedEvent[]> {
     this.trim(Date.now());
     let lo = this.head;

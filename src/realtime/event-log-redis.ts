@@ -13,6 +13,23 @@ redis.call('SET', KEYS[2], id, 'PX', ARGV[3])
 return id`;
 const APPEND_SHA = createHash('sha1').update(APPEND_LUA).digest('hex');
 
+// APPEND_LUA for several messages in order: KEYS = stream, then one seen-key per message;
+// ARGV = min id, dedupe ms, then the messages. Returns their ids in order.
+const APPEND_MANY_LUA = `
+local ids = {}
+for i = 2, #KEYS do
+  local id = redis.call('GET', KEYS[i])
+  if not id then
+    id = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[1], '*', 'd', ARGV[i + 1])
+    redis.call('SET', KEYS[i], id, 'PX', ARGV[2])
+  end
+  ids[#ids + 1] = id
+end
+return ids`;
+const APPEND_MANY_SHA = createHash('sha1').update(APPEND_MANY_LUA).digest('hex');
+/** Messages per APPEND_MANY_LUA call: one command per write, short enough not to stall Redis. */
+const APPEND_BATCH = 500;
+
 export interface RedisEventLogOptions {
   /** How long entries are kept, ms (default 5 minutes). */
   windowMs?: number;
@@ -61,6 +78,29 @@ export class RedisEventLog implements EventLog {
       this.redis.xtrim(this.streamKey, 'MAXLEN', '~', this.maxEntries).catch(() => undefined);
     }
     return String(id);
+  }
+
+  async appendMany(messages: readonly string[]): Promise<string[]> {
+    const ids: string[] = [];
+    for (let i = 0; i < messages.length; i += APPEND_BATCH) {
+      const part = messages.slice(i, i + APPEND_BATCH);
+      const keys = [this.streamKey, ...part.map((m) => this.seenPrefix + createHash('sha1').update(m).digest('base64url'))];
+      const args = [keys.length, ...keys, String(Date.now() - this.windowMs), String(this.dedupeMs), ...part] as const;
+      let out: unknown;
+      try {
+        out = await this.redis.evalsha(APPEND_MANY_SHA, ...args);
+      } catch (err) {
+        if (!(err instanceof Error) || !err.message.includes('NOSCRIPT')) throw err;
+        out = await this.redis.eval(APPEND_MANY_LUA, ...args);
+      }
+      for (const id of out as unknown[]) ids.push(String(id));
+      const before = this.appends;
+      this.appends += part.length;
+      if (Math.floor(this.appends / 1000) !== Math.floor(before / 1000)) {
+        this.redis.xtrim(this.streamKey, 'MAXLEN', '~', this.maxEntries).catch(() => undefined);
+      }
+    }
+    return ids;
   }
 
   async readAfter(afterId: string, limit: number): Promise<LoggedEvent[]> {

@@ -20,6 +20,8 @@ export interface EventLog {
    * fanned-out message get the same id back (the message is logged once).
    */
   append(message: string): Promise<string>;
+  /** `append` for several messages in order, in one call: their ids, in the same order. */
+  appendMany(messages: readonly string[]): Promise<string[]>;
   /** Up to `limit` entries with an id greater than `afterId`, oldest first. */
   readAfter(afterId: string, limit: number): Promise<LoggedEvent[]>;
   close(): Promise<void>;

@@ -10,7 +10,10 @@ import type { Portfolio } from './portfolio.js';
 /** Channel on which ingestion announces a node's new latest reading (see docs/architecture.md). */
 export const TELEMETRY_LATEST_CHANNEL = 'telemetry.latest';
 
-/** The `telemetry.latest` message. */
+/**
+ * One node's change in a `telemetry.latest` message. Ingestion publishes one message per write: a
+ * JSON array of these (a single object is accepted too).
+ */
 export interface LatestMessage {
   nodeId: string;
   /** Measurement time, RFC 3339. */
@@ -251,21 +254,26 @@ export class StreamHub {
   }
 
   private onMessage(message: string): void {
-    const msg = parseMessage(message);
-    if (!msg) {
+    const msgs = parseMessages(message);
+    if (!msgs) {
       this.deps.logger.warn({ message: message.slice(0, 200) }, 'malformed telemetry.latest message ignored');
       return;
     }
+    if (msgs.length === 0) return;
     // Logged even with no client here: a client reconnecting anywhere replays from the shared log.
-    const appended = this.deps.log.append(message).then(
-      (id) => id,
+    // Each node's change is its own entry, logged as its own JSON text (the same on every instance).
+    const appended = this.deps.log.appendMany(msgs.map((m) => JSON.stringify(m))).then(
+      (ids) => ids as (string | undefined)[],
       (err: unknown) => {
-        this.logFailures.inc();
+        this.logFailures.inc(msgs.length);
         this.deps.logger.debug({ err }, 'event log append failed');
-        return undefined;
+        return [] as (string | undefined)[];
       },
     );
-    this.chain = this.chain.then(async () => this.deliver(msg, await appended));
+    this.chain = this.chain.then(async () => {
+      const ids = await appended;
+      for (let i = 0; i < msgs.length; i++) this.deliver(msgs[i], ids[i]);
+    });
   }
 
   private deliver(msg: LatestMessage, id: string | undefined): void {
@@ -376,10 +384,28 @@ export class StreamHub {
   }
 }
 
+function isLatestMessage(m: unknown): m is LatestMessage {
+  const o = m as Partial<LatestMessage> | null;
+  return !!o && typeof o === 'object' && typeof o.nodeId === 'string' && !!o.reading && typeof o.reading === 'object';
+}
+
+/** One logged entry (a single change). */
 function parseMessage(raw: string): LatestMessage | undefined {
   try {
-    const m = JSON.parse(raw) as Partial<LatestMessage> | null;
-    if (m && typeof m.nodeId === 'string' && m.reading && typeof m.reading === 'object') return m as LatestMessage;
+    const m = JSON.parse(raw) as unknown;
+    if (isLatestMessage(m)) return m;
+  } catch {
+    /* fall through */
+  }
+  return undefined;
+}
+
+/** A channel message: an array of changes or a single one; undefined when malformed. */
+function parseMessages(raw: string): LatestMessage[] | undefined {
+  try {
+    const m = JSON.parse(raw) as unknown;
+    if (Array.isArray(m)) return m.every(isLatestMessage) ? m : undefined;
+    if (isLatestMessage(m)) return [m];
   } catch {
     /* fall through */
   }

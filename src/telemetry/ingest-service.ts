@@ -11,9 +11,9 @@ import type { IngestQueue } from './queue.js';
 import { DEFAULT_INTERVAL_SECONDS, ReadingValidator, type IngestRow, type Rejection } from './validate.js';
 import type { GroupCommitWriter, WriteResult } from './writer.js';
 
-/** Pub/sub channel: a node's latest reading changed. Message: JSON { nodeId, timestamp, receivedAt, reading }. */
+/** Pub/sub channel: nodes' latest readings changed. Message per write: JSON array of { nodeId, timestamp, receivedAt, reading }. */
 export const TELEMETRY_LATEST_CHANNEL = 'telemetry.latest';
-/** Pub/sub channel: readings were written. Message: JSON { nodeId, from, to } (epoch ms, half-open). */
+/** Pub/sub channel: readings were written. Message per write: JSON array of { nodeId, from, to } (epoch ms, half-open). */
 export const TELEMETRY_CHANGED_CHANNEL = 'telemetry.changed';
 
 /** Largest batch the contract allows. */
@@ -182,11 +182,14 @@ export class TelemetryIngestService {
     if (result.duplicates) m.duplicates.inc(result.duplicates);
     m.flushSize.observe(rows);
     m.flushSeconds.observe(seconds);
+    // One message per channel and write: an array of the nodes' changes.
     const messages: [string, string][] = [];
-    for (const c of result.latest) {
-      messages.push([TELEMETRY_LATEST_CHANNEL, JSON.stringify({ nodeId: c.nodeId, timestamp: isoUtc(c.ts), receivedAt: isoUtc(c.receivedAt), reading: c.reading })]);
+    if (result.latest.length) {
+      const parts: string[] = [];
+      for (const c of result.latest) parts.push(JSON.stringify({ nodeId: c.nodeId, timestamp: isoUtc(c.ts), receivedAt: isoUtc(c.receivedAt), reading: c.reading }));
+      messages.push([TELEMETRY_LATEST_CHANNEL, `[${parts.join(',')}]`]);
     }
-    for (const c of result.changed) messages.push([TELEMETRY_CHANGED_CHANNEL, JSON.stringify(c)]);
+    if (result.changed.length) messages.push([TELEMETRY_CHANGED_CHANNEL, JSON.stringify(result.changed)]);
     const pub = this.deps.publisher;
     if (pub && messages.length > 1) {
       const pipe = pub.redis.pipeline();
