@@ -369,7 +369,8 @@ describe('telemetry ingestion (sync)', () => {
         published: () => undefined,
       },
       t.container.logger,
-      { concurrency: 4, maxFlushRows: 7, splitRows: 4 },
+      // extraFlushRows 1: every buffered reading may start a parallel flush, the most interleaving.
+      { concurrency: 4, maxFlushRows: 7, splitRows: 4, extraFlushRows: 1 },
     );
     // Every flush passes through writeWithRetry: record the nodes of the flushes in flight.
     const realWrite = (writer as unknown as { writeWithRetry(rows: IngestRow[]): Promise<WriteResult> }).writeWithRetry.bind(writer);
@@ -405,6 +406,45 @@ describe('telemetry ingestion (sync)', () => {
     assert.equal(results.reduce((a, r) => a + r.duplicates, 0), 12);
     const { rows } = await t.container.db.pool.query<{ node_id: string; ts: Date; power_kw: number }>('SELECT node_id, ts, power_kw FROM telemetry WHERE node_id = ANY($1) AND ts >= $2 AND ts < $3', [nodes, new Date(ts0), new Date(ts0 + 4000)]);
     assert.deepEqual(new Map(rows.map((r) => [`${r.node_id}|${r.ts.getTime()}`, r.power_kw])), expected);
+  });
+
+  test('while a flush runs, a few buffered readings wait for it and go together; enough start a parallel flush', async () => {
+    const ts0 = minutesAgo(650);
+    const row = (nodeId: string, k: number): IngestRow => ({ nodeId, ts: ts0 + k * 1000, receivedAt: Date.now() + Math.random(), values: [k, null, null, null, null, null, null, null, null, null, null], healthStatus: null, quality: null, extra: null, flags: 0, intervalS: 60 });
+    const tick = () => new Promise((r) => setImmediate(r));
+    const run = async (extraFlushRows: number, tag: string, later: number) => {
+      const sizes: number[] = [];
+      const writer = new GroupCommitWriter(t.container.db, new PartitionCache(t.container.db), { afterCommit: async () => undefined, published: (_r, rows) => sizes.push(rows) }, t.container.logger, { concurrency: 4, extraFlushRows });
+      // The first flush is held on the row lock of its node's latest value, so it stays running.
+      const blocker = await t.container.db.pool.connect();
+      await writer.submit([row(`${tag}-0`, 0)]);
+      sizes.length = 0;
+      await blocker.query('BEGIN');
+      await blocker.query('SELECT 1 FROM telemetry_latest WHERE node_id = $1 FOR UPDATE', [`${tag}-0`]);
+      const first = writer.submit([row(`${tag}-0`, 1)]);
+      for (let i = 0; i < 5 && sizes.length === 0; i++) await tick();
+      // Then readings of other nodes arrive one per event-loop turn.
+      const rest: Promise<unknown>[] = [];
+      for (let i = 1; i <= later; i++) {
+        rest.push(writer.submit([row(`${tag}-${i}`, 0)]));
+        await tick();
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      const startedWhileHeld = sizes.length;
+      await blocker.query('COMMIT');
+      blocker.release();
+      await Promise.all([first, ...rest]);
+      await writer.drain();
+      return { sizes, startedWhileHeld };
+    };
+    // Threshold 64, 10 stragglers: none starts while the first flush is held; they go in one flush after it.
+    const few = await run(64, 'xf-a', 10);
+    assert.equal(few.startedWhileHeld, 0);
+    assert.deepEqual(few.sizes, [1, 10]);
+    // Threshold 1: the stragglers start flushes of their own while the first is held.
+    const eager = await run(1, 'xf-b', 10);
+    assert.ok(eager.startedWhileHeld >= 1, `parallel flushes completed while the first was held (${eager.startedWhileHeld})`);
+    assert.equal(eager.sizes.reduce((a, b) => a + b, 0), 11);
   });
 
   test('8 concurrent clients with overlapping batches: stored equals the distinct keys, no deadlock', async () => {

@@ -638,6 +638,13 @@ export interface WriterOptions {
   delayMs?: number;
   /** Retries of a flush that failed on a deadlock, serialization failure or missing partition. */
   retries?: number;
+  /**
+   * While a flush runs, another starts only once this many readings are buffered (default 64);
+   * fewer wait for a running flush to end. Under a stream of small requests flushes then grow
+   * instead of multiplying (each costs a statement, a commit and its per-node work whatever its
+   * size), while large requests still get parallel flushes at once.
+   */
+  extraFlushRows?: number;
 }
 
 const RETRYABLE = new Set(['40P01', '40001', '23514']);
@@ -663,6 +670,7 @@ export class GroupCommitWriter {
   private readonly smallRows: number;
   private readonly retries: number;
   private readonly delayMs: number;
+  private readonly extraFlushRows: number;
 
   constructor(
     private readonly db: Db,
@@ -677,6 +685,7 @@ export class GroupCommitWriter {
     this.smallRows = opts.smallRows ?? SMALL_WRITE_ROWS;
     this.retries = opts.retries ?? 3;
     this.delayMs = opts.delayMs ?? 0;
+    this.extraFlushRows = Math.max(1, opts.extraFlushRows ?? 64);
   }
 
   /** Readings waiting for a flush (not yet in a running one). */
@@ -724,6 +733,7 @@ export class GroupCommitWriter {
 
   private kick(): void {
     while (this.running.size < this.concurrency && this.rows.length > 0) {
+      if (this.running.size > 0 && this.rows.length < this.extraFlushRows) return;
       // Take, in arrival order, the buffered rows whose node is not being written (up to the cap).
       const takeRows: IngestRow[] = [];
       const takeOwners: Pending[] = [];
