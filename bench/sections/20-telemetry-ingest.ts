@@ -282,13 +282,15 @@ async function httpSingles(s: Service, readings: Reading[]): Promise<{ rate: num
 }
 
 /** Runs the rollup refresher until no dirty bucket is left; its time and the buckets it recomputed. */
-async function refreshCatchUp(s: Service): Promise<{ seconds: number; buckets: number }> {
+async function refreshCatchUp(s: Service): Promise<{ seconds: number; buckets: number; cpu: string }> {
   const t0 = performance.now();
+  const meter = cpuMeter();
   const pool = s.container.db.pool;
   const count = async () => (await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM telemetry_dirty_buckets')).rows[0].n;
   const buckets = await count();
   for (let i = 0; i < 1000 && (await count()) > 0; i++) await s.container.jobs.runNow('rollup-refresh');
-  return { seconds: (performance.now() - t0) / 1000, buckets };
+  const cpu = meter();
+  return { seconds: (performance.now() - t0) / 1000, buckets, cpu: `cpu s: service ${cpu.processSeconds.toFixed(2)} db ${cpu.othersSeconds.toFixed(2)}` };
 }
 
 /** Group-commit flushes so far (count and readings) from the service's own metric. */
@@ -350,7 +352,7 @@ export const section: BenchSection = {
         p99.push(percentile(lat, 99));
         console.log(`   run ${run + 1}: (a) ${Math.round(a)}/s  (b) ${Math.round(b.rate)}/s  (b)/(a) ${(b.rate / a).toFixed(3)}  (c) ${Math.round(c)}/s  latest p50 ${percentile(lat, 50).toFixed(3)} ms`);
         const flushes2 = await flushSizes(s);
-        console.log(`          rollup catch-up after (b): ${refresh.buckets} buckets in ${refresh.seconds.toFixed(2)} s`);
+        console.log(`          rollup catch-up after (b): ${refresh.buckets} buckets in ${refresh.seconds.toFixed(2)} s (${refresh.cpu})`);
         console.log(`          (a) ${aCpu}\n          (b) ${b.cpu}, ${flushes.count} flushes of ${Math.round(flushes.sum / flushes.count)} readings on average\n          (c) ${cCpu}, ${flushes2.count - flushes.count} flushes of ${((flushes2.sum - flushes.sum) / (flushes2.count - flushes.count)).toFixed(1)} readings on average`);
       } finally {
         await s.close();

@@ -35,11 +35,14 @@ export interface RefresherOptions {
   batchSize?: number;
   /** Batches per run at most, so one run cannot hold the job forever. */
   maxBatches?: number;
+  /** Nodes refreshed at once, each on its own connection (default 2). */
+  concurrency?: number;
 }
 
 export class RollupRefresher {
   private readonly batchSize: number;
   private readonly maxBatches: number;
+  private readonly concurrency: number;
 
   constructor(
     private readonly db: Db,
@@ -49,6 +52,7 @@ export class RollupRefresher {
   ) {
     this.batchSize = opts.batchSize ?? 20_000;
     this.maxBatches = opts.maxBatches ?? 20;
+    this.concurrency = Math.max(1, opts.concurrency ?? 2);
   }
 
   /** One refresh run: cap changes first, then dirty buckets in batches. */
@@ -74,12 +78,25 @@ export class RollupRefresher {
         if (!list) byNode.set(m.nodeId, (list = []));
         list.push(m);
       }
-      for (const [nodeId, list] of byNode) {
-        if (signal?.aborted) break;
-        await this.refreshNode(nodeId, list);
-        touched.add(nodeId);
-        result.buckets += list.length;
-      }
+      // Nodes are independent (each its own transaction): `concurrency` at a time, so one node's
+      // computation in this process overlaps another's reads and writes in the database.
+      const queue = [...byNode];
+      const worker = async () => {
+        for (let next = queue.shift(); next && !signal?.aborted; next = queue.shift()) {
+          const [nodeId, list] = next;
+          try {
+            await this.refreshNode(nodeId, list);
+          } catch (err) {
+            // The others finish the node they are on and stop; the run fails as before.
+            queue.length = 0;
+            throw err;
+          }
+          touched.add(nodeId);
+          result.buckets += list.length;
+        }
+      };
+      const outcomes = await Promise.allSettled(Array.from({ length: Math.min(this.concurrency, queue.length) }, worker));
+      for (const o of outcomes) if (o.status === 'rejected') throw o.reason;
       result.more = marks.length === this.batchSize;
       if (!result.more) break;
     }
