@@ -492,10 +492,9 @@ describe('telemetry ingestion (sync)', () => {
     await new Promise((res) => setTimeout(res, 50));
     await un1();
     await un2();
-    // One message per channel and write, each an array of the nodes' changes.
+    // One message per channel and write: telemetry.latest one line per node, telemetry.changed an array.
     assert.equal(latest.length, 1);
-    assert.ok(Array.isArray(latest[0]) && latest[0].length === 1);
-    const msg = (latest[0] as unknown[])[0] as { nodeId: string; timestamp: string; receivedAt: string; reading: Record<string, unknown> };
+    const msg = latest[0] as { nodeId: string; timestamp: string; receivedAt: string; reading: Record<string, unknown> };
     assert.equal(msg.nodeId, 'pub-1');
     assert.equal(msg.timestamp, iso(a + 120_000));
     assert.deepEqual(msg.reading, { nodeId: 'pub-1', timestamp: iso(a + 120_000), powerKw: 2, healthStatus: 'warning', extra: { k: 1 } });

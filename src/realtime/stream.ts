@@ -11,8 +11,8 @@ import type { Portfolio } from './portfolio.js';
 export const TELEMETRY_LATEST_CHANNEL = 'telemetry.latest';
 
 /**
- * One node's change in a `telemetry.latest` message. Ingestion publishes one message per write: a
- * JSON array of these (a single object is accepted too).
+ * One node's change: a line of a `telemetry.latest` message. Ingestion publishes one message per
+ * write, one JSON object per line (a message of one line is one change).
  */
 export interface LatestMessage {
   nodeId: string;
@@ -254,25 +254,28 @@ export class StreamHub {
   }
 
   private onMessage(message: string): void {
-    const msgs = parseMessages(message);
-    if (!msgs) {
-      this.deps.logger.warn({ message: message.slice(0, 200) }, 'malformed telemetry.latest message ignored');
-      return;
-    }
-    if (msgs.length === 0) return;
+    // One change per line (ingestion sends all of a write's changes in one message). Each line is
+    // logged as it is; it is parsed only to be delivered here, and a line that does not parse is
+    // skipped wherever it is read (here and on replay).
+    const lines = message.split('\n').filter((l) => l.length > 0);
+    if (lines.length === 0) return;
     // Logged even with no client here: a client reconnecting anywhere replays from the shared log.
-    // Each node's change is its own entry, logged as its own JSON text (the same on every instance).
-    const appended = this.deps.log.appendMany(msgs.map((m) => JSON.stringify(m))).then(
+    const appended = this.deps.log.appendMany(lines).then(
       (ids) => ids as (string | undefined)[],
       (err: unknown) => {
-        this.logFailures.inc(msgs.length);
+        this.logFailures.inc(lines.length);
         this.deps.logger.debug({ err }, 'event log append failed');
         return [] as (string | undefined)[];
       },
     );
     this.chain = this.chain.then(async () => {
       const ids = await appended;
-      for (let i = 0; i < msgs.length; i++) this.deliver(msgs[i], ids[i]);
+      if (this.clients.size === 0) return;
+      for (let i = 0; i < lines.length; i++) {
+        const msg = parseMessage(lines[i]);
+        if (msg) this.deliver(msg, ids[i]);
+        else this.deps.logger.warn({ message: lines[i].slice(0, 200) }, 'malformed telemetry.latest line ignored');
+      }
     });
   }
 
@@ -400,17 +403,6 @@ function parseMessage(raw: string): LatestMessage | undefined {
   return undefined;
 }
 
-/** A channel message: an array of changes or a single one; undefined when malformed. */
-function parseMessages(raw: string): LatestMessage[] | undefined {
-  try {
-    const m = JSON.parse(raw) as unknown;
-    if (Array.isArray(m)) return m.every(isLatestMessage) ? m : undefined;
-    if (isLatestMessage(m)) return [m];
-  } catch {
-    /* fall through */
-  }
-  return undefined;
-}
 
 /** The `telemetry` event: the node's new latest reading, with its type (null for a node unknown to metadata). */
 function telemetryFrame(id: string | undefined, m: LatestMessage, type: string | undefined): string {

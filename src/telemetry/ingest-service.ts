@@ -11,7 +11,7 @@ import type { IngestQueue } from './queue.js';
 import { DEFAULT_INTERVAL_SECONDS, ReadingValidator, type IngestRow, type Rejection } from './validate.js';
 import type { GroupCommitWriter, WriteResult } from './writer.js';
 
-/** Pub/sub channel: nodes' latest readings changed. Message per write: JSON array of { nodeId, timestamp, receivedAt, reading }. */
+/** Pub/sub channel: nodes' latest readings changed. Message per write: one JSON { nodeId, timestamp, receivedAt, reading } per line, one line per node. */
 export const TELEMETRY_LATEST_CHANNEL = 'telemetry.latest';
 /** Pub/sub channel: readings were written. Message per write: JSON array of { nodeId, from, to } (epoch ms, half-open). */
 export const TELEMETRY_CHANGED_CHANNEL = 'telemetry.changed';
@@ -185,9 +185,12 @@ export class TelemetryIngestService {
     // One message per channel and write: an array of the nodes' changes.
     const messages: [string, string][] = [];
     if (result.latest.length) {
-      const parts: string[] = [];
-      for (const c of result.latest) parts.push(JSON.stringify({ nodeId: c.nodeId, timestamp: isoUtc(c.ts), receivedAt: isoUtc(c.receivedAt), reading: c.reading }));
-      messages.push([TELEMETRY_LATEST_CHANNEL, `[${parts.join(',')}]`]);
+      // Newline-delimited: the SSE hub logs each line as it is, without parsing and re-serialising.
+      const lines: string[] = [];
+      for (const c of result.latest) {
+        lines.push(`{"nodeId":${JSON.stringify(c.nodeId)},"timestamp":"${isoUtc(c.ts)}","receivedAt":"${isoUtc(c.receivedAt)}","reading":${c.readingJson}}`);
+      }
+      messages.push([TELEMETRY_LATEST_CHANNEL, lines.join('\n')]);
     }
     if (result.changed.length) messages.push([TELEMETRY_CHANGED_CHANNEL, JSON.stringify(result.changed)]);
     const pub = this.deps.publisher;
