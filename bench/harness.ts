@@ -19,6 +19,8 @@ export interface BenchContext {
   runs: number;
   /** Creates a fresh migrated database; dropped when the run ends. */
   freshDatabase(): Promise<string>;
+  /** Drops a database made by freshDatabase now (its background work, e.g. autovacuum, ends with it). */
+  dropDatabase(url: string): Promise<void>;
   /** Records one figure for the summary. */
   report(section: string, name: string, value: number, unit: string, note?: string): void;
 }
@@ -140,6 +142,11 @@ export async function makeContext(serverUrl: string, redisUrl: string | undefine
       const url = await createTestDatabase(serverUrl);
       created.push(url);
       return url;
+    },
+    async dropDatabase(url) {
+      const i = created.indexOf(url);
+      if (i >= 0) created.splice(i, 1);
+      await dropDatabase(url);
     },
     report(section, name, value, unit, note) {
       results.push({ section, name, value, unit, note });
