@@ -136,6 +136,54 @@ for (const backend of backends()) {
   });
 }
 
+describe('access log', () => {
+  test('at info: one line per failed request, path without its query; successful requests only at debug', async () => {
+    const t = await createTestApp({ env: { LOG_LEVEL: 'info' } });
+    try {
+      await t.request({ method: 'GET', url: '/health/live', key: null });
+      const missing = await t.request({ method: 'GET', url: '/api/metadata/no-such-node?apiKey=secret-in-query' });
+      assert.equal(missing.statusCode, 404);
+      const file = path.join(t.logDir, 'combined.log');
+      let lines: { msg?: string; level?: number; path?: string; statusCode?: number; route?: string; ms?: number }[] = [];
+      for (let i = 0; i < 100; i++) {
+        lines = readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)).filter((l) => l.msg === 'request');
+        if (lines.length > 0) break;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      lines = readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)).filter((l) => l.msg === 'request');
+      assert.equal(lines.length, 1, JSON.stringify(lines));
+      assert.equal(lines[0].level, 30);
+      assert.equal(lines[0].statusCode, 404);
+      assert.equal(lines[0].path, '/api/metadata/no-such-node');
+      assert.equal(lines[0].route, '/api/metadata/:nodeId');
+      assert.equal(typeof lines[0].ms, 'number');
+      assert.ok(!readFileSync(file, 'utf8').includes('secret-in-query'), 'the query is not logged');
+    } finally {
+      await t.close();
+    }
+  });
+
+  test('at debug: successful requests are logged too', async () => {
+    const t = await createTestApp({ env: { LOG_LEVEL: 'debug' } });
+    try {
+      await t.request({ method: 'GET', url: '/health/live', key: null });
+      const file = path.join(t.logDir, 'combined.log');
+      let found = false;
+      for (let i = 0; i < 100 && !found; i++) {
+        found = readFileSync(file, 'utf8').split('\n').filter(Boolean).some((l) => {
+          const o = JSON.parse(l) as { msg?: string; level?: number; statusCode?: number };
+          return o.msg === 'request' && o.level === 20 && o.statusCode === 200;
+        });
+        if (!found) await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.ok(found);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
 describe('auth', () => {
   let t: TestApp;
   before(async () => {

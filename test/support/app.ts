@@ -42,6 +42,8 @@ export interface TestApp {
   container: Container;
   databaseUrl: string;
   keyPrefix: string;
+  /** Folder of this app's log files (combined.log, error.log). */
+  logDir: string;
   /** `app.inject` with the admin key unless `key` says otherwise (`key: null` sends none). */
   request(opts: InjectOptions & { key?: string | null }): Promise<LightMyRequestResponse>;
   close(): Promise<void>;
@@ -92,6 +94,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     container,
     databaseUrl,
     keyPrefix,
+    logDir,
     request({ key, ...req }) {
       const headers = { ...(req.headers ?? {}) } as Record<string, string>;
       const k = key === undefined ? KEYS.admin : key;
