@@ -268,7 +268,7 @@ describe('analytics: per-node daily and monthly', () => {
         await t.container.jobs.runNow('rollup-refresh');
         const before = (await get(url)).json() as { days: Row[] };
         const gens = async () => {
-          const counters = await t.container.cache.get(`analytics:gen:${NODE}:2026-03`);
+          const counters = await t.container.cache.hashGet('analytics:genh:2026-03', NODE);
           return counters;
         };
         const g0 = await gens();

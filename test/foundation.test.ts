@@ -112,16 +112,22 @@ for (const backend of backends()) {
       assert.equal(await c.get('b:1'), 'three');
       await c.del(['b:1']);
       assert.equal(await c.get('b:1'), null);
-      await c.setMany([['m:1', 'uno'], ['m:2', 'dos']], 5);
-      assert.deepEqual([await c.get('m:1'), await c.get('m:2')], ['uno', 'dos']);
-      await c.setMany([['m:1', 'eins']], 0.05);
-      await c.setMany([], 5);
-      assert.equal(await c.get('m:1'), 'eins');
+      await c.hashSet('h:1', [['a', 'uno'], ['b', 'dos']], 5);
+      await c.hashSet('h:1', [['b', 'zwei'], ['c', 'drei']], 5);
+      await c.hashSet('h:1', [], 5);
+      assert.deepEqual([await c.hashGet('h:1', 'a'), await c.hashGet('h:1', 'b'), await c.hashGet('h:1', 'c'), await c.hashGet('h:1', 'd')], ['uno', 'zwei', 'drei', null]);
+      assert.equal(await c.get('h:1'), null, 'a hash read as a string is a miss');
+      await c.set('s:1', 'plain', 5);
+      assert.equal(await c.hashGet('s:1', 'a'), null, 'a string read as a hash is a miss');
+      await c.hashSet('h:2', [['a', 'x']], 0.05);
+      await c.hashSet('h:3', [['a', 'y']], 5);
+      await c.del(['h:3']);
+      assert.equal(await c.hashGet('h:3', 'a'), null);
       await c.set('short', 'x', 0.05);
       await new Promise((r) => setTimeout(r, 120));
       assert.equal(await c.get('short'), null, 'entry expires after its TTL');
-      assert.equal(await c.get('m:1'), null, 'setMany entries expire after their TTL');
-      assert.equal(await c.get('m:2'), 'dos');
+      assert.equal(await c.hashGet('h:2', 'a'), null, 'a hash expires after its TTL');
+      assert.equal(await c.hashGet('h:1', 'a'), 'uno');
     });
 
     test('pub/sub delivers to subscribers', async () => {

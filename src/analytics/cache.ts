@@ -29,7 +29,8 @@ export const TTL_GENERATION_SECONDS = 2 * TTL_CLOSED_SECONDS;
 export const FLEET = '*';
 
 const KEY_PREFIX = 'analytics:v1:';
-const GEN_PREFIX = 'analytics:gen:';
+/** Generation counters: one hash per UTC month, a field per node and one for the fleet. */
+const GEN_PREFIX = 'analytics:genh:';
 // A node unknown to the registry still holds for at most 3 × the largest interval (1 day).
 const MAX_CAP_MS = 3 * 86_400_000;
 
@@ -74,8 +75,8 @@ export class AnalyticsCache {
   /**
    * A write changed readings in `[from, to)` per node (the message is an array of such changes, or
    * one): answers over any instant from `from` up to the last reading's hold end can change, so
-   * the counters of every UTC month there move on, the node's and the fleet's. One write bumps
-   * each counter once, in one round trip.
+   * the counters of every UTC month there move on, the node's and the fleet's. A month's counters
+   * are one hash, so a write bumps them with one command per month, in one round trip.
    */
   async onTelemetryChanged(message: string): Promise<void> {
     let parsed: unknown;
@@ -85,25 +86,26 @@ export class AnalyticsCache {
       return;
     }
     const changes = (Array.isArray(parsed) ? parsed : [parsed]) as { nodeId?: unknown; from?: unknown; to?: unknown }[];
-    const keys = new Set<string>();
+    const byMonth = new Map<string, Set<string>>();
     for (const m of changes) {
       if (!m || typeof m.nodeId !== 'string' || typeof m.from !== 'number' || typeof m.to !== 'number') continue;
       const interval = this.nodes.get(m.nodeId)?.telemetryIntervalSeconds;
       const capMs = interval ? 3 * interval * 1000 : MAX_CAP_MS;
       for (const month of monthsOverlapping(m.from, m.to + capMs)) {
-        keys.add(`${GEN_PREFIX}${m.nodeId}:${month}`);
-        keys.add(`${GEN_PREFIX}${FLEET}:${month}`);
+        let owners = byMonth.get(month);
+        if (!owners) byMonth.set(month, (owners = new Set([FLEET])));
+        owners.add(m.nodeId);
       }
     }
-    if (keys.size === 0) return;
+    if (byMonth.size === 0) return;
     const generation = randomUUID();
-    await this.cache.setMany([...keys].map((k) => [k, generation] as const), TTL_GENERATION_SECONDS);
+    await Promise.all([...byMonth].map(([month, owners]) => this.cache.hashSet(`${GEN_PREFIX}${month}`, [...owners].map((o) => [o, generation] as const), TTL_GENERATION_SECONDS)));
   }
 
   /** The counters of `owner` (a nodeId or FLEET) for the UTC months overlapping `[lo, hi)`, joined. */
   async generations(owner: string, lo: number, hi: number): Promise<string> {
     const months = monthsOverlapping(lo, hi);
-    const values = await Promise.all(months.map((month) => this.cache.get(`${GEN_PREFIX}${owner}:${month}`)));
+    const values = await Promise.all(months.map((month) => this.cache.hashGet(`${GEN_PREFIX}${month}`, owner)));
     return values.map((v) => v ?? '0').join(',');
   }
 

@@ -4,7 +4,8 @@ import type { Cache, HealthCheck, PubSub } from './types.js';
 /** In-process cache for a single instance without Redis. Expired entries are dropped lazily and by a sweep. */
 export class MemoryCache implements Cache {
   readonly kind = 'memory' as const;
-  private readonly entries = new Map<string, { value: string; expiresAt: number }>();
+  /** A string value, or a hash's fields. */
+  private readonly entries = new Map<string, { value: string | Map<string, string>; expiresAt: number }>();
   private readonly sweep: NodeJS.Timeout;
 
   constructor(private readonly maxEntries = 100_000) {
@@ -12,27 +13,47 @@ export class MemoryCache implements Cache {
     this.sweep.unref();
   }
 
-  async get(key: string): Promise<string | null> {
+  private live(key: string): { value: string | Map<string, string>; expiresAt: number } | undefined {
     const e = this.entries.get(key);
-    if (!e) return null;
+    if (!e) return undefined;
     if (e.expiresAt <= Date.now()) {
       this.entries.delete(key);
-      return null;
+      return undefined;
     }
-    return e.value;
+    return e;
+  }
+
+  async get(key: string): Promise<string | null> {
+    const e = this.live(key);
+    // A hash read as a string is a miss, as Redis's WRONGTYPE is for RedisCache.
+    return e && typeof e.value === 'string' ? e.value : null;
   }
 
   async set(key: string, value: string, ttlSeconds: number): Promise<void> {
+    this.makeRoom(key);
+    this.entries.set(key, { value, expiresAt: Date.now() + ttlSeconds * 1000 });
+  }
+
+  async hashSet(key: string, fields: readonly (readonly [string, string])[], ttlSeconds: number): Promise<void> {
+    if (fields.length === 0) return;
+    const e = this.live(key);
+    const map = e && typeof e.value !== 'string' ? e.value : new Map<string, string>();
+    for (const [f, v] of fields) map.set(f, v);
+    this.makeRoom(key);
+    this.entries.set(key, { value: map, expiresAt: Date.now() + ttlSeconds * 1000 });
+  }
+
+  async hashGet(key: string, field: string): Promise<string | null> {
+    const e = this.live(key);
+    return e && typeof e.value !== 'string' ? (e.value.get(field) ?? null) : null;
+  }
+
+  private makeRoom(key: string): void {
     if (this.entries.size >= this.maxEntries && !this.entries.has(key)) {
       this.dropExpired();
       // Still full: evict the oldest insertion (Map iterates in insertion order).
       if (this.entries.size >= this.maxEntries) this.entries.delete(this.entries.keys().next().value as string);
     }
-    this.entries.set(key, { value, expiresAt: Date.now() + ttlSeconds * 1000 });
-  }
-
-  async setMany(entries: readonly (readonly [string, string])[], ttlSeconds: number): Promise<void> {
-    for (const [key, value] of entries) await this.set(key, value, ttlSeconds);
   }
 
   async del(keys: string[]): Promise<void> {

@@ -53,15 +53,23 @@ export class RedisCache implements Cache {
     }
   }
 
-  async setMany(entries: readonly (readonly [string, string])[], ttlSeconds: number): Promise<void> {
-    if (entries.length === 0) return;
-    const px = Math.max(1, Math.round(ttlSeconds * 1000));
+  async hashSet(key: string, fields: readonly (readonly [string, string])[], ttlSeconds: number): Promise<void> {
+    if (fields.length === 0) return;
+    const args: string[] = [];
+    for (const [f, v] of fields) args.push(f, v);
     try {
-      const pipe = this.client.pipeline();
-      for (const [key, value] of entries) pipe.set(this.prefix + key, value, 'PX', px);
-      await pipe.exec();
+      const k = this.prefix + key;
+      await this.client.pipeline().hset(k, ...args).pexpire(k, Math.max(1, Math.round(ttlSeconds * 1000))).exec();
     } catch {
       /* as set */
+    }
+  }
+
+  async hashGet(key: string, field: string): Promise<string | null> {
+    try {
+      return await this.client.hget(this.prefix + key, field);
+    } catch {
+      return null;
     }
   }
 

@@ -8,8 +8,13 @@ export interface Cache {
   get(key: string): Promise<string | null>;
   /** @param ttlSeconds expiry in seconds (> 0) */
   set(key: string, value: string, ttlSeconds: number): Promise<void>;
-  /** `set` for several entries with one expiry, in one round trip. */
-  setMany(entries: readonly (readonly [key: string, value: string])[], ttlSeconds: number): Promise<void>;
+  /**
+   * Sets fields of the hash at `key` (creating it) and gives the whole hash the expiry
+   * `ttlSeconds`, in one round trip. Fields live and expire with their hash.
+   */
+  hashSet(key: string, fields: readonly (readonly [field: string, value: string])[], ttlSeconds: number): Promise<void>;
+  /** One field of the hash at `key`; null when the hash or the field is absent. */
+  hashGet(key: string, field: string): Promise<string | null>;
   del(keys: string[]): Promise<void>;
   /** Deletes every key that starts with `prefix` (used for invalidating a family of entries). */
   delPrefix(prefix: string): Promise<void>;
