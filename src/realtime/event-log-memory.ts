@@ -17,7 +17,7 @@ export class MemoryEventLog implements EventLog {
     private readonly maxEntries = 200_000,
   ) {}
 
-  async append(message: string): Promise<string> {
+  private appendOne(message: string): string {
     const now = Date.now();
     // Ids never go backwards, even when the wall clock does.
     if (now > this.lastMs) {
@@ -34,7 +34,7 @@ export class MemoryEventLog implements EventLog {
 
   async appendMany(messages: readonly string[]): Promise<string[]> {
     const ids: string[] = [];
-    for (const m of messages) ids.push(await this.append(m));
+    for (const m of messages) ids.push(this.appendOne(m));
     return ids;
   }
 

@@ -2,30 +2,23 @@ import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { EventLog, LoggedEvent } from './event-log.js';
 
-// Every instance appends every message it receives; the first append wins and the others get
-// its id back, so ids are shared. Instances read the channel in the same order and each
-// connection's scripts run in order, so ids also follow the channel's order.
-const APPEND_LUA = `
+// Every instance appends every list of messages it receives (a channel message's lines); the
+// first append wins and the others get its ids back, so ids are shared. Instances read the channel
+// in the same order and each connection's scripts run in order, so ids also follow the channel's
+// order. KEYS = stream, seen-key of the whole list; ARGV = min id, dedupe ms, then the messages.
+// The first instance appends them all and remembers their ids (comma-joined) under the list's
+// key: one GET/SET and one trim per list, not per message.
+const APPEND_MANY_LUA = `
 local existing = redis.call('GET', KEYS[2])
 if existing then return existing end
-local id = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[2], '*', 'd', ARGV[1])
-redis.call('SET', KEYS[2], id, 'PX', ARGV[3])
-return id`;
-const APPEND_SHA = createHash('sha1').update(APPEND_LUA).digest('hex');
-
-// APPEND_LUA for several messages in order: KEYS = stream, then one seen-key per message;
-// ARGV = min id, dedupe ms, then the messages. Returns their ids in order.
-const APPEND_MANY_LUA = `
 local ids = {}
-for i = 2, #KEYS do
-  local id = redis.call('GET', KEYS[i])
-  if not id then
-    id = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[1], '*', 'd', ARGV[i + 1])
-    redis.call('SET', KEYS[i], id, 'PX', ARGV[2])
-  end
-  ids[#ids + 1] = id
+for i = 3, #ARGV do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
 end
-return ids`;
+redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[1])
+local joined = table.concat(ids, ',')
+redis.call('SET', KEYS[2], joined, 'PX', ARGV[2])
+return joined`;
 const APPEND_MANY_SHA = createHash('sha1').update(APPEND_MANY_LUA).digest('hex');
 /** Messages per APPEND_MANY_LUA call: one command per write, short enough not to stall Redis. */
 const APPEND_BATCH = 500;
@@ -64,28 +57,14 @@ export class RedisEventLog implements EventLog {
     this.seenPrefix = `${keyPrefix}realtime:seen:`;
   }
 
-  async append(message: string): Promise<string> {
-    const seenKey = this.seenPrefix + createHash('sha1').update(message).digest('base64url');
-    const args = [2, this.streamKey, seenKey, message, String(Date.now() - this.windowMs), String(this.dedupeMs)] as const;
-    let id: unknown;
-    try {
-      id = await this.redis.evalsha(APPEND_SHA, ...args);
-    } catch (err) {
-      if (!(err instanceof Error) || !err.message.includes('NOSCRIPT')) throw err;
-      id = await this.redis.eval(APPEND_LUA, ...args);
-    }
-    if (++this.appends % 1000 === 0) {
-      this.redis.xtrim(this.streamKey, 'MAXLEN', '~', this.maxEntries).catch(() => undefined);
-    }
-    return String(id);
-  }
-
   async appendMany(messages: readonly string[]): Promise<string[]> {
     const ids: string[] = [];
     for (let i = 0; i < messages.length; i += APPEND_BATCH) {
       const part = messages.slice(i, i + APPEND_BATCH);
-      const keys = [this.streamKey, ...part.map((m) => this.seenPrefix + createHash('sha1').update(m).digest('base64url'))];
-      const args = [keys.length, ...keys, String(Date.now() - this.windowMs), String(this.dedupeMs), ...part] as const;
+      const h = createHash('sha1');
+      for (const m of part) h.update(m).update('\n');
+      const keys = [this.streamKey, `${this.seenPrefix}n:${h.digest('base64url')}`];
+      const args = [2, ...keys, String(Date.now() - this.windowMs), String(this.dedupeMs), ...part] as const;
       let out: unknown;
       try {
         out = await this.redis.evalsha(APPEND_MANY_SHA, ...args);
@@ -93,7 +72,7 @@ export class RedisEventLog implements EventLog {
         if (!(err instanceof Error) || !err.message.includes('NOSCRIPT')) throw err;
         out = await this.redis.eval(APPEND_MANY_LUA, ...args);
       }
-      for (const id of out as unknown[]) ids.push(String(id));
+      for (const id of String(out).split(',')) ids.push(id);
       const before = this.appends;
       this.appends += part.length;
       if (Math.floor(this.appends / 1000) !== Math.floor(before / 1000)) {

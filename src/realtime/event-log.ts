@@ -16,11 +16,9 @@ export interface EventLog {
   /** How long entries are kept, ms. */
   readonly windowMs: number;
   /**
-   * Appends `message` and returns its id. Instances sharing a log that each append the same
-   * fanned-out message get the same id back (the message is logged once).
+   * Appends `messages` in order and returns their ids, in the same order. Instances sharing a log
+   * that each append the same fanned-out list get the same ids back (the list is logged once).
    */
-  append(message: string): Promise<string>;
-  /** `append` for several messages in order, in one call: their ids, in the same order. */
   appendMany(messages: readonly string[]): Promise<string[]>;
   /** Up to `limit` entries with an id greater than `afterId`, oldest first. */
   readAfter(afterId: string, limit: number): Promise<LoggedEvent[]>;
