@@ -24,6 +24,7 @@ export const EnvSchema = Type.Object({
   API_KEYS: Type.Optional(Type.String({ pattern: '^[^=,]+=[a-z:+]+(,[^=,]+=[a-z:+]+)*$', description: 'comma list of key=scope+scope' })),
   RETENTION_TELEMETRY_DAYS: Type.String({ pattern: '^[0-9]+$', default: '30', description: 'raw telemetry retention (days)' }),
   RETENTION_ROLLUP_DAYS: Type.String({ pattern: '^[0-9]+$', default: '730', description: 'rollup retention (days)' }),
+  ROLLUP_SETTLE_SECONDS: Type.String({ pattern: '^[0-9]+$', default: '30', description: 'a dirty rollup bucket is recomputed once no write has touched it for this long (s); until then queries read it from raw' }),
   RETENTION_TRANSACTIONS_DAYS: Type.String({ pattern: '^[0-9]+$', default: '730', description: 'transaction retention (days)' }),
   UNKNOWN_NODES: Type.Union([Type.Literal('reject'), Type.Literal('accept')], { default: 'reject', description: 'accept stores telemetry for nodes with no metadata' }),
   RATE_LIMIT_PER_MINUTE: Type.String({ pattern: '^[0-9]+$', default: '60000', description: 'requests per minute per key (0 = off)' }),
@@ -50,6 +51,8 @@ export interface Config {
   retentionTelemetryDays: number;
   retentionRollupDays: number;
   retentionTransactionsDays: number;
+  /** Quiet time before the refresher recomputes a dirty rollup bucket (s). */
+  rollupSettleSeconds: number;
   unknownNodes: 'reject' | 'accept';
   rateLimitPerMinute: number;
   ingestQueueMax: number;
@@ -127,6 +130,7 @@ export function loadConfig(source: Record<string, string | undefined> = readEnvi
     retentionTelemetryDays: positiveInt(env, 'RETENTION_TELEMETRY_DAYS', 1, 36500),
     retentionRollupDays: positiveInt(env, 'RETENTION_ROLLUP_DAYS', 1, 36500),
     retentionTransactionsDays: positiveInt(env, 'RETENTION_TRANSACTIONS_DAYS', 1, 36500),
+    rollupSettleSeconds: positiveInt(env, 'ROLLUP_SETTLE_SECONDS', 0, 86400),
     unknownNodes: env.UNKNOWN_NODES,
     rateLimitPerMinute: positiveInt(env, 'RATE_LIMIT_PER_MINUTE', 0, 1e9),
     ingestQueueMax: positiveInt(env, 'INGEST_QUEUE_MAX', 1, 1e9),

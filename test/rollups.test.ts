@@ -6,6 +6,8 @@ import { NUMERIC_FIELDS } from '../src/telemetry/rollup-fields.js';
 import { loadDirtyMarks, loadReadings, writeRefreshedBuckets, type BucketRow } from '../src/telemetry/rollup-store.js';
 import { withTransaction } from '../src/db/pool.js';
 import { planPieces } from '../src/telemetry/query-engine.js';
+import { RollupRefresher } from '../src/telemetry/rollup-refresher.js';
+import { loadConfig } from '../src/config.js';
 import { close, putNode, reference, rng, writeReadings, type TestReading } from './telemetry-query-helpers.js';
 
 const iso = (s: string) => Date.parse(s);
@@ -128,6 +130,35 @@ describe('rollup tiers and the refresher', () => {
     await t.container.jobs.runNow('rollup-refresh');
     const after = await get(nodeId, q);
     assert.equal(after.json().buckets[0].powerKw.max, 99);
+    assert.equal(after.headers['x-rollup-sources'], '15m');
+  });
+
+  test('with a settle time, a bucket is recomputed only once no write has touched it for that long; queries read it from raw meanwhile', async () => {
+    assert.equal(loadConfig({}).rollupSettleSeconds, 30, 'the service default');
+    const nodeId = 'ru-settle';
+    await putNode(t, { nodeId, telemetryIntervalSeconds: 60 });
+    const rs: TestReading[] = [];
+    for (let ts = iso('2026-11-25T08:00:00Z'); ts < iso('2026-11-25T09:00:00Z'); ts += 60_000) rs.push({ ts, powerKw: 10 + (ts / 60_000) % 7 });
+    await writeReadings(t.container.db.pool, nodeId, rs, 60);
+    const marksOf = async () => (await t.container.db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM telemetry_dirty_buckets WHERE node_id = $1', [nodeId])).rows[0].n;
+    const marked = await marksOf();
+    assert.ok(marked >= 4);
+    const refresher = new RollupRefresher(t.container.db, t.container.nodes, t.container.logger, { settleMs: 60_000 });
+    await refresher.refreshOnce();
+    assert.equal(await marksOf(), marked, 'fresh marks are left');
+    const q = 'from=2026-11-25T08:00:00Z&to=2026-11-25T09:00:00Z&interval=15m&agg=max';
+    const during = await get(nodeId, q);
+    assert.equal(during.statusCode, 200);
+    assert.match(String(during.headers['x-rollup-sources']), /raw/, 'unsettled buckets are read from raw');
+    const expected = [0, 1, 2, 3].map((k) => reference(rs, 180_000, iso('2026-11-25T08:00:00Z') + k * Q, iso('2026-11-25T08:00:00Z') + (k + 1) * Q).max);
+    assert.deepEqual(during.json().buckets.map((b: { powerKw: { max: number } }) => b.powerKw.max), expected);
+    // The same marks, untouched for two minutes: now they are taken.
+    await t.container.db.pool.query("UPDATE telemetry_dirty_buckets SET marked_at = marked_at - interval '2 minutes' WHERE node_id = $1", [nodeId]);
+    const run = await refresher.refreshOnce();
+    assert.ok(run.buckets >= marked);
+    assert.equal(await marksOf(), 0);
+    const after = await get(nodeId, q);
+    assert.deepEqual(after.json().buckets.map((b: { powerKw: { max: number } }) => b.powerKw.max), expected);
     assert.equal(after.headers['x-rollup-sources'], '15m');
   });
 

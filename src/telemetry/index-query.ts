@@ -12,7 +12,7 @@ export const ROLLUP_REFRESH_INTERVAL_MS = 5_000;
  */
 export function createTelemetryQueryDomain(infra: Infra, opts: { refreshIntervalMs?: number } = {}): Domain & { service: TelemetryQueryService; refresher: RollupRefresher } {
   const service = new TelemetryQueryService({ db: infra.db, nodes: infra.nodes, metrics: infra.metrics });
-  const refresher = new RollupRefresher(infra.db, infra.nodes, infra.logger.child({ component: 'rollup-refresher' }));
+  const refresher = new RollupRefresher(infra.db, infra.nodes, infra.logger.child({ component: 'rollup-refresher' }), { settleMs: infra.config.rollupSettleSeconds * 1000 });
   infra.jobs.register({
     name: 'rollup-refresh',
     intervalMs: opts.refreshIntervalMs ?? ROLLUP_REFRESH_INTERVAL_MS,

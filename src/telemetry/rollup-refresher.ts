@@ -37,12 +37,15 @@ export interface RefresherOptions {
   maxBatches?: number;
   /** Nodes refreshed at once, each on its own connection (default 2). */
   concurrency?: number;
+  /** Marks untouched for less than this are left for a later run (ms, default 0). */
+  settleMs?: number;
 }
 
 export class RollupRefresher {
   private readonly batchSize: number;
   private readonly maxBatches: number;
   private readonly concurrency: number;
+  private readonly settleMs: number;
 
   constructor(
     private readonly db: Db,
@@ -53,10 +56,12 @@ export class RollupRefresher {
     this.batchSize = opts.batchSize ?? 20_000;
     this.maxBatches = opts.maxBatches ?? 20;
     this.concurrency = Math.max(1, opts.concurrency ?? 2);
+    this.settleMs = Math.max(0, opts.settleMs ?? 0);
   }
 
   /** One refresh run: cap changes first, then dirty buckets in batches. */
-  async refreshOnce(signal?: AbortSignal): Promise<RefreshResult> {
+  async refreshOnce(signal?: AbortSignal, opts: { settleMs?: number } = {}): Promise<RefreshResult> {
+    const settleMs = opts.settleMs ?? this.settleMs;
     const result: RefreshResult = { buckets: 0, nodes: 0, capChanges: 0, more: false };
     const caps = await loadRollupCaps(this.db.pool);
     for (const [nodeId, cap] of caps) {
@@ -70,7 +75,7 @@ export class RollupRefresher {
     const touched = new Set<string>();
     for (let batch = 0; batch < this.maxBatches; batch++) {
       if (signal?.aborted) break;
-      const marks = await loadDirtyMarks(this.db.pool, this.batchSize);
+      const marks = await loadDirtyMarks(this.db.pool, this.batchSize, settleMs);
       if (marks.length === 0) break;
       const byNode = new Map<string, DirtyMark[]>();
       for (const m of marks) {

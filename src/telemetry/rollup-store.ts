@@ -194,11 +194,17 @@ export interface DirtyMark {
   markedAt: string;
 }
 
-export async function loadDirtyMarks(q: Queryable, limit: number): Promise<DirtyMark[]> {
+/**
+ * Up to `limit` dirty marks, by node and bucket, that no write has touched for `settleMs`: a
+ * bucket still being written would be recomputed again and again, and until it settles queries
+ * read it from raw anyway.
+ */
+export async function loadDirtyMarks(q: Queryable, limit: number, settleMs = 0): Promise<DirtyMark[]> {
   const { rows } = await q.query<{ node_id: string; b: number; at: string }>(
     `SELECT node_id, (extract(epoch FROM bucket_start) * 1000)::float8 AS b, marked_at::text AS at
-     FROM telemetry_dirty_buckets ORDER BY node_id, bucket_start LIMIT $1`,
-    [limit],
+     FROM telemetry_dirty_buckets WHERE marked_at <= clock_timestamp() - make_interval(secs => $2::float8 / 1000)
+     ORDER BY node_id, bucket_start LIMIT $1`,
+    [limit, settleMs],
   );
   return rows.map((r) => ({ nodeId: r.node_id, bucketStart: r.b, markedAt: r.at }));
 }

@@ -79,6 +79,8 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     LOG_DIR: logDir,
     DATA_DIR: dataDir,
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'warn',
+    // Tests run the refresher when they want rollups built; a settle time would leave fresh marks.
+    ROLLUP_SETTLE_SECONDS: '0',
     ...opts.env,
   });
   const logger = createLogger(config, { stdout: false });
