@@ -70,7 +70,7 @@ export async function energyByPeriods(q: Queryable, node: EnergyNode, periods: r
     if (i > 0 && p.start < periods[i - 1].end) throw new RangeError(`period ${i} overlaps or precedes period ${i - 1}`);
   }
   const capMs = 3 * node.telemetryIntervalSeconds * 1000;
-  const r = await aggregatePeriods(q, node.nodeId, capMs, periods, [POWER]);
+  const r = await aggregatePeriods(q, node.nodeId, capMs, periods, [POWER], { firstLast: false });
   return {
     tier: r.tier,
     periods: periods.map((p, i) => {

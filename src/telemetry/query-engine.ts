@@ -84,9 +84,17 @@ export function withPowerFirst(fields: readonly NumericField[]): NumericField[] 
  * Aggregates `fields` (powerKw must be first: see `withPowerFirst`) of one node over `periods`
  * (sorted, non-overlapping, half-open epoch ms) under the hold cap `capMs`. The answer equals
  * `accumulate` over the raw readings, whichever tiers serve it. Reads dirty marks before
- * rollups, so a write acknowledged before the call is always reflected.
+ * rollups, so a write acknowledged before the call is always reflected. `firstLast: false` (for
+ * callers that need neither first nor last values) leaves those values unknown where rollups serve.
  */
-export async function aggregatePeriods(q: Queryable, nodeId: string, capMs: number, periods: readonly { start: number; end: number }[], fields: readonly NumericField[]): Promise<AggregateResult> {
+export async function aggregatePeriods(
+  q: Queryable,
+  nodeId: string,
+  capMs: number,
+  periods: readonly { start: number; end: number }[],
+  fields: readonly NumericField[],
+  opts: { firstLast?: boolean } = {},
+): Promise<AggregateResult> {
   if (fields[0] !== POWER) throw new Error('aggregatePeriods: powerKw must be the first field');
   const partials: PeriodPartial[] = periods.map(() => ({ fields: fields.map(emptyAgg), extras: emptyExtras() }));
   if (periods.length === 0) return { tier: 'raw', sources: [], partials };
@@ -97,7 +105,7 @@ export async function aggregatePeriods(q: Queryable, nodeId: string, capMs: numb
   const { pieces, raw } = planPieces(periods, state.dirty, useRollups);
 
   const fieldIndex = new Map(fields.map((f, i) => [f.code, i]));
-  await addTierAggregates(q, nodeId, fields.map((f) => f.code), pieces, partials, fieldIndex);
+  await addTierAggregates(q, nodeId, fields.map((f) => f.code), pieces, partials, fieldIndex, opts.firstLast ?? true);
 
   if (raw.length > 0) {
     raw.sort((a, b) => a.lo - b.lo);

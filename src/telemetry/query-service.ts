@@ -127,7 +127,9 @@ export class TelemetryQueryService {
     // Edge buckets are cut to [from, to): only data inside the range counts.
     const clipped = periods.map((p) => ({ start: Math.max(p.start, from), end: Math.min(p.end, to) }));
     const engineFields = withPowerFirst(fields);
-    const result = await this.deps.metrics.timeStore('telemetry_query', 'historical', () => aggregatePeriods(this.deps.db.readPool, node.nodeId, capMs, clipped, engineFields));
+    const result = await this.deps.metrics.timeStore('telemetry_query', 'historical', () =>
+      aggregatePeriods(this.deps.db.readPool, node.nodeId, capMs, clipped, engineFields, { firstLast: aggs.includes('first') || aggs.includes('last') }),
+    );
     const maxGapMs = (input.maxGap ?? 3 * node.telemetryIntervalSeconds) * 1000;
     const rows = buildBuckets(periods, clipped, result.partials.map((p) => p.fields), engineFields, fields, aggs, input.fill ?? 'none', maxGapMs);
 

@@ -72,14 +72,19 @@ export interface TierPiece {
 }
 
 // first/last as min/max over [time, value] pairs: no ordered aggregate, so the grouping can hash
-// instead of sorting every row.
-const AGG_COLUMNS = `sum(r.n)::float8 AS n, sum(r.sum) AS sum, min(r.min) AS min, max(r.max) AS max,
-      (min(ARRAY[date_part('epoch', r.first_ts), r.first_v]) FILTER (WHERE r.n > 0))[2] AS first_v,
+// instead of sorting every row. Those pairs are the dearest part of the statement (an array per
+// row and value, measured ~25 % of it), so they are computed only when first or last is asked for.
+function aggColumns(firstLast: boolean): string {
+  const firstV = firstLast ? `(min(ARRAY[date_part('epoch', r.first_ts), r.first_v]) FILTER (WHERE r.n > 0))[2]` : 'NULL::float8';
+  const lastV = firstLast ? `(max(ARRAY[date_part('epoch', r.last_ts), r.last_v]) FILTER (WHERE r.n > 0))[2]` : 'NULL::float8';
+  return `sum(r.n)::float8 AS n, sum(r.sum) AS sum, min(r.min) AS min, max(r.max) AS max,
+      ${firstV} AS first_v,
       (extract(epoch FROM min(r.first_ts)) * 1000)::float8 AS first_ts,
-      (max(ARRAY[date_part('epoch', r.last_ts), r.last_v]) FILTER (WHERE r.n > 0))[2] AS last_v,
+      ${lastV} AS last_v,
       (extract(epoch FROM max(r.last_ts)) * 1000)::float8 AS last_ts,
       sum(r.integral) AS integral, sum(r.held) AS held,
       sum(r.exported_kwh) AS exported_kwh, sum(r.imported_kwh) AS imported_kwh, sum(r.available_s) AS available_s`;
+}
 
 /**
  * Pieces that cover most of their span: one index range scan over the span, each row mapped
@@ -87,8 +92,8 @@ const AGG_COLUMNS = `sum(r.n)::float8 AS n, sum(r.sum) AS sum, min(r.min) AS min
  * arithmetic is far cheaper per row than `width_bucket` over timestamps; OFFSET 0 keeps the
  * mapping evaluated once per row.
  */
-function scanSelect(table: string, p: { map: number; base: number; grid: number; lo: number; hi: number }): string {
-  return `SELECT r.idx, r.field, ${AGG_COLUMNS}
+function scanSelect(table: string, p: { map: number; base: number; grid: number; lo: number; hi: number }, columns: string): string {
+  return `SELECT r.idx, r.field, ${columns}
     FROM (SELECT x.*, ($${p.map}::int[])[((date_part('epoch', x.bucket_start) - $${p.base}::float8) / $${p.grid}::float8)::int + 1] AS idx
           FROM ${table} x
           WHERE x.node_id = $1 AND x.field = ANY($2::smallint[]) AND x.bucket_start >= $${p.lo} AND x.bucket_start < $${p.hi}
@@ -102,8 +107,8 @@ function scanSelect(table: string, p: { map: number; base: number; grid: number;
  * LATERAL with OFFSET 0 keeps that plan whatever the statistics say (a fresh, unanalyzed rollup
  * table otherwise invites a nested loop over all of the node's rows).
  */
-function probeSelect(table: string, p: { lo: number; hi: number; idx: number }): string {
-  return `SELECT p.idx, r.field, ${AGG_COLUMNS}
+function probeSelect(table: string, p: { lo: number; hi: number; idx: number }, columns: string): string {
+  return `SELECT p.idx, r.field, ${columns}
     FROM unnest($${p.lo}::timestamptz[], $${p.hi}::timestamptz[], $${p.idx}::int[]) AS p(lo, hi, idx)
     CROSS JOIN LATERAL (SELECT * FROM ${table} x
                         WHERE x.node_id = $1 AND x.field = ANY($2::smallint[]) AND x.bucket_start >= p.lo AND x.bucket_start < p.hi OFFSET 0) r
@@ -131,9 +136,11 @@ interface AggRow {
 /**
  * Reads the rollup rows under `pieces` (any tiers) in one statement and folds them into
  * `partials[idx]`; `fieldIndex` maps a field code to its index in the partial's field list.
+ * Without `firstLast`, the partials' first and last values stay unknown (NaN); their times are kept.
  */
-export async function addTierAggregates(q: Queryable, nodeId: string, fieldCodes: readonly number[], pieces: readonly TierPiece[], partials: PeriodPartial[], fieldIndex: ReadonlyMap<number, number>): Promise<void> {
+export async function addTierAggregates(q: Queryable, nodeId: string, fieldCodes: readonly number[], pieces: readonly TierPiece[], partials: PeriodPartial[], fieldIndex: ReadonlyMap<number, number>, firstLast = true): Promise<void> {
   if (pieces.length === 0) return;
+  const columns = aggColumns(firstLast);
   const params: unknown[] = [nodeId, fieldCodes];
   const selects: string[] = [];
   for (const tier of Object.keys(TIER_TABLE) as Tier[]) {
@@ -148,10 +155,10 @@ export async function addTierAggregates(q: Queryable, nodeId: string, fieldCodes
       for (const p of mine) for (let t = p.lo; t < p.hi; t += g) map[(t - base) / g] = p.idx;
       params.push(map, base / 1000, g / 1000, iso(base), iso(mine[mine.length - 1].hi));
       const n = params.length;
-      selects.push(scanSelect(TIER_TABLE[tier], { map: n - 4, base: n - 3, grid: n - 2, lo: n - 1, hi: n }));
+      selects.push(scanSelect(TIER_TABLE[tier], { map: n - 4, base: n - 3, grid: n - 2, lo: n - 1, hi: n }, columns));
     } else {
       params.push(mine.map((p) => iso(p.lo)), mine.map((p) => iso(p.hi)), mine.map((p) => p.idx));
-      selects.push(probeSelect(TIER_TABLE[tier], { lo: params.length - 2, hi: params.length - 1, idx: params.length }));
+      selects.push(probeSelect(TIER_TABLE[tier], { lo: params.length - 2, hi: params.length - 1, idx: params.length }, columns));
     }
   }
   const { rows } = await q.query<AggRow>(selects.join('\nUNION ALL\n'), params);
@@ -171,9 +178,9 @@ function mergeRowInto(a: FieldAgg, r: AggRow): void {
   if (r.n > 0) {
     b.min = r.min as number;
     b.max = r.max as number;
-    b.firstV = r.first_v as number;
+    b.firstV = r.first_v ?? NaN;
     b.firstTs = r.first_ts as number;
-    b.lastV = r.last_v as number;
+    b.lastV = r.last_v ?? NaN;
     b.lastTs = r.last_ts as number;
   }
   b.integral = r.integral;
