@@ -1,7 +1,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { backends, createTestApp, KEYS, type TestApp } from './support/app.js';
-import { readFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadConfig, readEnvironment, ConfigError, EnvSchema } from '../src/config.js';
@@ -26,10 +26,14 @@ describe('configuration', () => {
 
   test('.env is read, and the process environment wins over it', () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'vpp-env-'));
-    writeFileSync(path.join(dir, '.env'), 'PORT=4100\nLOG_LEVEL=debug\n');
-    const c = loadConfig(readEnvironment(dir, { LOG_LEVEL: 'warn' }));
-    assert.equal(c.port, 4100);
-    assert.equal(c.logLevel, 'warn');
+    try {
+      writeFileSync(path.join(dir, '.env'), 'PORT=4100\nLOG_LEVEL=debug\n');
+      const c = loadConfig(readEnvironment(dir, { LOG_LEVEL: 'warn' }));
+      assert.equal(c.port, 4100);
+      assert.equal(c.logLevel, 'warn');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   for (const [name, value] of [
