@@ -3,11 +3,15 @@
  *  (a) raw ceiling: the same rows written straight into telemetry by plain SQL with the same
  *      duplicate semantics (COPY into a staging table + INSERT … ON CONFLICT DO UPDATE WHERE
  *      distinct, sorted), 2 connections, 10,000 rows a transaction;
+ *  (a′) diagnostic: the same plain SQL in 2,000-row transactions (the service's flush size in (b))
+ *      that also keeps telemetry_latest and the dirty buckets, as the service does;
  *  (b) sync HTTP batch ingestion, 1,000 readings a request, 8 concurrent keep-alive clients;
  *  (c) single-reading ingestion, 32 concurrent clients;
- *      the clients of (b) and (c) run in a worker thread, outside the service's event loop;
+ *      the clients of (b) and (c) run in a child process, outside the service's process;
  *  (d) GET latest p50 / p99.
- * Prints medians of ctx.runs runs and the ratio (b)/(a) of each run.
+ * Each phase starts from a settled database (see the run loop). Prints medians of ctx.runs runs,
+ * the ratios (b)/(a) and (b)/(a′) of each run, and per phase the CPU time per reading of the
+ * service, the load generator and the rest of the machine.
  */
 import http from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
