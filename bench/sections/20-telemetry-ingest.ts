@@ -13,20 +13,11 @@
  * the ratios (b)/(a) and (b)/(a′) of each run, and per phase the CPU time per reading of the
  * service, the load generator and the rest of the machine.
  */
-import http from 'node:http';
-import { mkdtemp, rm } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
 import { spawn } from 'node:child_process';
-import os from 'node:os';
-import path from 'node:path';
 import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
-import { loadConfig } from '../../src/config.js';
-import { createLogger } from '../../src/logger.js';
-import { createContainer, type Container } from '../../src/container.js';
-import { buildApp } from '../../src/app.js';
 import type { RollupRefresher } from '../../src/telemetry/rollup-refresher.js';
-import { cpuMeter, median, percentile, rng, type BenchContext, type BenchSection } from '../harness.js';
+import { cpuMeter, median, percentile, rng, startBenchServer, type BenchServer, type BenchContext, type BenchSection } from '../harness.js';
 
 const KEY = 'bench-ingest-admin-key';
 const NODES = 1000;
@@ -169,49 +160,12 @@ async function rawCeiling(url: string, readings: Reading[], opts: { rowsPerTx: n
   return { rate: readings.length / seconds, cpu: cpuPerReading({ service: 0, client: cpu.processSeconds, others: cpu.othersSeconds }, readings.length) };
 }
 
-interface Service {
-  container: Container;
-  port: number;
-  agent: http.Agent;
-  close(): Promise<void>;
-}
+/** The service under test and its port (for the load generator's own HTTP client). */
+type Service = BenchServer & { port: number };
 
 async function startService(ctx: BenchContext, url: string): Promise<Service> {
-  const tmp = await mkdtemp(path.join(os.tmpdir(), 'vpp-bench-ingest-'));
-  const config = loadConfig({ DATABASE_URL: url, API_KEYS: `${KEY}=admin`, LOG_DIR: tmp, DATA_DIR: tmp, LOG_LEVEL: 'warn', RATE_LIMIT_PER_MINUTE: '0', REDIS_URL: ctx.redisUrl });
-  const logger = createLogger(config, { stdout: false });
-  const container = await createContainer(config, logger, { keyPrefix: `bench-ingest-${process.pid}-${Date.now()}:`, defaultMetrics: false });
-  const app = await buildApp(container, {});
-  await app.listen({ port: 0, host: '127.0.0.1' });
-  await container.start();
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
-  return {
-    container,
-    port: (app.server.address() as AddressInfo).port,
-    agent,
-    async close() {
-      agent.destroy();
-      await app.close();
-      await container.close();
-      await rm(tmp, { recursive: true, force: true });
-    },
-  };
-}
-
-function send(s: Service, method: string, urlPath: string, body?: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: '127.0.0.1', port: s.port, method, path: urlPath, agent: s.agent, headers: { authorization: `Bearer ${KEY}`, ...(body ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } : {}) } },
-      (res) => {
-        const parts: Buffer[] = [];
-        res.on('data', (d: Buffer) => parts.push(d));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(parts).toString() }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
+  const server = await startBenchServer(url, { name: 'ingest', apiKey: KEY, redisUrl: ctx.redisUrl });
+  return Object.assign(server, { port: Number(new URL(server.baseUrl).port) });
 }
 
 interface Job {
@@ -338,9 +292,8 @@ async function latestLatency(s: Service): Promise<number[]> {
   for (let i = 0; i < LATEST_REQUESTS; i++) {
     const id = nodeId(Math.floor(rand() * NODES));
     const t0 = performance.now();
-    const r = await send(s, 'GET', `/api/telemetry/${id}/latest`);
+    await s.get(`/api/telemetry/${id}/latest`);
     out.push(performance.now() - t0);
-    if (r.status !== 200) throw new Error(`latest answered ${r.status}: ${r.body.slice(0, 200)}`);
   }
   return out;
 }

@@ -4,18 +4,11 @@
  * and chain verification speed.
  */
 import http from 'node:http';
-import { mkdtemp, rm } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
-import { loadConfig } from '../../src/config.js';
-import { createLogger } from '../../src/logger.js';
-import { createContainer } from '../../src/container.js';
-import { buildApp } from '../../src/app.js';
+import pg from 'pg';
 import { Metrics } from '../../src/metrics/metrics.js';
 import { TransactionsService } from '../../src/transactions/service.js';
 import type { AppendInput } from '../../src/transactions/service.js';
-import { median, type BenchContext, type BenchSection } from '../harness.js';
+import { median, startBenchServer, type BenchContext, type BenchSection } from '../harness.js';
 
 const KEY = 'bench-transactions-admin-key';
 const SEQUENTIAL = 400;
@@ -23,25 +16,17 @@ const CONCURRENT_CLIENTS = 16;
 const PER_CLIENT = 150;
 const VERIFY_TARGET = 30_000;
 
+/** The service on `databaseUrl` with 16 battery nodes, and its port. */
 async function startService(ctx: BenchContext, databaseUrl: string) {
-  const tmp = await mkdtemp(path.join(os.tmpdir(), 'vpp-bench-tx-'));
-  const config = loadConfig({ DATABASE_URL: databaseUrl, API_KEYS: `${KEY}=admin`, LOG_DIR: tmp, DATA_DIR: tmp, LOG_LEVEL: 'warn', RATE_LIMIT_PER_MINUTE: '0', REDIS_URL: ctx.redisUrl });
-  const logger = createLogger(config, { stdout: false });
-  const container = await createContainer(config, logger, { keyPrefix: `bench-tx-${process.pid}-${Date.now()}:`, defaultMetrics: false });
-  await container.db.pool.query(`INSERT INTO nodes (node_id, type, status, capacity_kw, doc) SELECT 'tx-' || i, 'battery', 'active', 1000, '{}'::jsonb FROM generate_series(0, 15) i`);
-  const app = await buildApp(container);
-  await app.listen({ port: 0, host: '127.0.0.1' });
-  await container.start();
-  const port = (app.server.address() as AddressInfo).port;
-  return {
-    container,
-    port,
-    async close() {
-      await app.close();
-      await container.close();
-      await rm(tmp, { recursive: true, force: true });
-    },
-  };
+  const seed = new pg.Client({ connectionString: databaseUrl });
+  await seed.connect();
+  try {
+    await seed.query(`INSERT INTO nodes (node_id, type, status, capacity_kw, doc) SELECT 'tx-' || i, 'battery', 'active', 1000, '{}'::jsonb FROM generate_series(0, 15) i`);
+  } finally {
+    await seed.end();
+  }
+  const server = await startBenchServer(databaseUrl, { name: 'tx', apiKey: KEY, redisUrl: ctx.redisUrl });
+  return Object.assign(server, { port: Number(new URL(server.baseUrl).port) });
 }
 
 function record(i: number, client: number): AppendInput {

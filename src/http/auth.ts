@@ -41,10 +41,6 @@ export class KeyRing {
     this.seen.clear();
   }
 
-  scopesOf(key: string): Set<Scope> | undefined {
-    return this.lookup(key)?.scopes;
-  }
-
   /** The key's hash and scopes, or undefined for an unknown key (unknown keys are not remembered). */
   lookup(key: string): { hash: string; scopes: Set<Scope> } | undefined {
     const hit = this.seen.get(key);

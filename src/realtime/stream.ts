@@ -387,22 +387,16 @@ export class StreamHub {
   }
 }
 
-function isLatestMessage(m: unknown): m is LatestMessage {
-  const o = m as Partial<LatestMessage> | null;
-  return !!o && typeof o === 'object' && typeof o.nodeId === 'string' && !!o.reading && typeof o.reading === 'object';
-}
-
-/** One logged entry (a single change). */
+/** One line of a `telemetry.latest` message (one change); undefined when malformed. */
 function parseMessage(raw: string): LatestMessage | undefined {
   try {
-    const m = JSON.parse(raw) as unknown;
-    if (isLatestMessage(m)) return m;
+    const m = JSON.parse(raw) as Partial<LatestMessage> | null;
+    if (m && typeof m === 'object' && typeof m.nodeId === 'string' && m.reading && typeof m.reading === 'object') return m as LatestMessage;
   } catch {
     /* fall through */
   }
   return undefined;
 }
-
 
 /** The `telemetry` event: the node's new latest reading, with its type (null for a node unknown to metadata). */
 function telemetryFrame(id: string | undefined, m: LatestMessage, type: string | undefined): string {

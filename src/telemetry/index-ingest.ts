@@ -33,7 +33,6 @@ export function createTelemetryIngestDomain(infra: Infra): Domain & { service: T
     queue,
     latest,
     pubsub: infra.pubsub,
-    publisher: infra.redis && infra.pubsub.kind === 'redis' ? { redis: infra.redis, channelPrefix: infra.keyPrefix } : undefined,
     metrics,
     logger,
     acceptUnknownNodes: config.unknownNodes === 'accept',

@@ -10,12 +10,12 @@ export const ROLLUP_REFRESH_INTERVAL_MS = 5_000;
  * Telemetry rollups and historical queries: the `rollup-refresh` job and
  * `GET /api/telemetry/:nodeId/historical`. Energy semantics for other domains are in `energy.ts`.
  */
-export function createTelemetryQueryDomain(infra: Infra, opts: { refreshIntervalMs?: number } = {}): Domain & { service: TelemetryQueryService; refresher: RollupRefresher } {
+export function createTelemetryQueryDomain(infra: Infra): Domain & { service: TelemetryQueryService; refresher: RollupRefresher } {
   const service = new TelemetryQueryService({ db: infra.db, nodes: infra.nodes, metrics: infra.metrics });
   const refresher = new RollupRefresher(infra.db, infra.nodes, infra.logger.child({ component: 'rollup-refresher' }), { settleMs: infra.config.rollupSettleSeconds * 1000 });
   infra.jobs.register({
     name: 'rollup-refresh',
-    intervalMs: opts.refreshIntervalMs ?? ROLLUP_REFRESH_INTERVAL_MS,
+    intervalMs: ROLLUP_REFRESH_INTERVAL_MS,
     async run({ signal }) {
       const r = await refresher.refreshOnce(signal);
       return { ...r };

@@ -1,4 +1,3 @@
-import type { Redis } from 'ioredis';
 import { Counter, Histogram } from 'prom-client';
 import type { Logger } from 'pino';
 import type { PubSub } from '../cache/types.js';
@@ -68,11 +67,6 @@ export interface IngestServiceDeps {
   queue: IngestQueue;
   latest: LatestStore;
   pubsub: PubSub;
-  /**
-   * The connection the Redis PubSub publishes on, with its channel prefix: a write's messages then
-   * go out in one pipeline (one socket write) instead of one command each. Absent without Redis.
-   */
-  publisher?: { redis: Redis; channelPrefix: string };
   metrics: IngestMetrics;
   logger: Logger;
   acceptUnknownNodes: boolean;
@@ -182,23 +176,16 @@ export class TelemetryIngestService {
     if (result.duplicates) m.duplicates.inc(result.duplicates);
     m.flushSize.observe(rows);
     m.flushSeconds.observe(seconds);
-    // One message per channel and write: an array of the nodes' changes.
-    const messages: [string, string][] = [];
+    // One message per channel and write, not one per node: with Redis each message is a command
+    // on every instance. telemetry.latest is newline-delimited so the SSE hub can log each line
+    // as it is, without parsing and re-serialising; telemetry.changed is a JSON array.
     if (result.latest.length) {
-      // Newline-delimited: the SSE hub logs each line as it is, without parsing and re-serialising.
       const lines: string[] = [];
       for (const c of result.latest) {
         lines.push(`{"nodeId":${JSON.stringify(c.nodeId)},"timestamp":"${isoUtc(c.ts)}","receivedAt":"${isoUtc(c.receivedAt)}","reading":${c.readingJson}}`);
       }
-      messages.push([TELEMETRY_LATEST_CHANNEL, lines.join('\n')]);
+      void this.deps.pubsub.publish(TELEMETRY_LATEST_CHANNEL, lines.join('\n'));
     }
-    if (result.changed.length) messages.push([TELEMETRY_CHANGED_CHANNEL, JSON.stringify(result.changed)]);
-    const pub = this.deps.publisher;
-    if (pub && messages.length > 1) {
-      const pipe = pub.redis.pipeline();
-      for (const [channel, message] of messages) pipe.publish(pub.channelPrefix + channel, message);
-      // Fan-out is best effort, as RedisPubSub.publish: SSE clients resync from the latest values.
-      pipe.exec().catch(() => undefined);
-    } else for (const [channel, message] of messages) void this.deps.pubsub.publish(channel, message);
+    if (result.changed.length) void this.deps.pubsub.publish(TELEMETRY_CHANGED_CHANNEL, JSON.stringify(result.changed));
   }
 }

@@ -19,18 +19,9 @@ export interface LatestEntry {
 const TTL_SECONDS = 3600;
 const MEMORY_MAX_ENTRIES = 200_000;
 
-// Sets the entry only when it is newer than the cached one, so a reader filling the cache from an
+// Sets each entry only when it is newer than the cached one, so a reader filling the cache from an
 // older database snapshot can never overwrite what a writer stored after its commit.
-const CAS_SCRIPT = `
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local sep = string.find(cur, '|', 1, true)
-  if sep and tonumber(string.sub(cur, 1, sep - 1)) >= tonumber(ARGV[1]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
-return 1`;
-
-// The same rule for many keys in one call: ARGV = ttl, then version and value per key.
+// ARGV = ttl, then version and value per key.
 const CAS_MANY_SCRIPT = `
 local ttl = ARGV[1]
 for i = 1, #KEYS do
@@ -48,10 +39,7 @@ return #KEYS`;
 /** Keys per CAS_MANY_SCRIPT call: one command instead of one per node, kept short enough not to stall Redis. */
 const CAS_BATCH = 200;
 
-type CasRedis = Redis & {
-  latestCas(key: string, version: string, value: string, ttlMs: string): Promise<number>;
-  latestCasMany(numKeys: number, ...keysAndArgs: string[]): Promise<number>;
-};
+type CasRedis = Redis & { latestCasMany(numKeys: number, ...keysAndArgs: string[]): Promise<number> };
 
 /**
  * Latest readings: telemetry_latest is the truth, a version-checked cache in front. With Redis the
@@ -72,7 +60,6 @@ export class LatestStore {
   ) {
     this.prefix = `${keyPrefix}cache:telemetry:latest:`;
     if (redis) {
-      if (!(redis as unknown as Partial<CasRedis>).latestCas) redis.defineCommand('latestCas', { numberOfKeys: 1, lua: CAS_SCRIPT });
       if (!(redis as unknown as Partial<CasRedis>).latestCasMany) redis.defineCommand('latestCasMany', { lua: CAS_MANY_SCRIPT });
       this.redis = redis as CasRedis;
     }
@@ -128,7 +115,7 @@ export class LatestStore {
       this.putMemory(nodeId, e);
       return;
     }
-    await this.redis.latestCas(this.prefix + nodeId, String(e.version), encode(e), String(TTL_SECONDS * 1000)).catch(() => undefined);
+    await this.redis.latestCasMany(1, this.prefix + nodeId, String(TTL_SECONDS * 1000), String(e.version), encode(e)).catch(() => undefined);
   }
 
   private putMemory(nodeId: string, e: LatestEntry): void {

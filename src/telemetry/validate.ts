@@ -104,10 +104,11 @@ function readingSchema(withNodeId: boolean): object {
   };
 }
 
-/** NUMERIC_FIELDS position by API name, and the schema's inclusive bounds per position. */
+/** NUMERIC_FIELDS position by API name, and the schema's inclusive bounds per position (read from the schema). */
 const FIELD_INDEX: Record<string, number | undefined> = Object.assign(Object.create(null) as Record<string, number>, Object.fromEntries(NUMERIC_FIELDS.map(([api], i) => [api, i])));
-const FIELD_MIN = NUMERIC_FIELDS.map(([api]) => (api === 'voltageV' || api === 'stateOfChargePct' ? 0 : api === 'frequencyHz' ? 40 : -Infinity));
-const FIELD_MAX = NUMERIC_FIELDS.map(([api]) => (api === 'stateOfChargePct' ? 100 : api === 'frequencyHz' ? 70 : Infinity));
+const SCHEMA_PROPERTIES = (readingSchema(false) as { properties: Record<string, { minimum?: number; maximum?: number }> }).properties;
+const FIELD_MIN = NUMERIC_FIELDS.map(([api]) => SCHEMA_PROPERTIES[api].minimum ?? -Infinity);
+const FIELD_MAX = NUMERIC_FIELDS.map(([api]) => SCHEMA_PROPERTIES[api].maximum ?? Infinity);
 const HEALTH_SET = new Set<string>(HEALTH_STATUSES);
 const QUALITY_SET = new Set<string>(QUALITIES);
 const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
@@ -244,10 +245,7 @@ export class ReadingValidator {
     const info = this.ctx.node(nodeId);
     if (!info && !this.ctx.acceptUnknownNodes) return undefined;
     const intervalS = info?.telemetryIntervalSeconds ?? DEFAULT_INTERVAL_SECONDS;
-    let flags = 0;
-    if (info && Math.abs(values[0]) > 1.1 * info.capacityKw) flags |= FLAG_OUT_OF_RANGE;
-    if (now - ts > 3 * intervalS * 1000) flags |= FLAG_LATE;
-    return { nodeId, ts, receivedAt: now, values, healthStatus: health, quality, extra, flags, intervalS };
+    return { nodeId, ts, receivedAt: now, values, healthStatus: health, quality, extra, flags: softFlags(info, values[0], ts, now, intervalS), intervalS };
   }
 
   private full(input: unknown, index: number, prefix: string, now: number, pathNodeId?: string): IngestRow | { rejection: Rejection; reason: RejectReason } {
@@ -291,10 +289,7 @@ export class ReadingValidator {
       const v = r[NUMERIC_FIELDS[i][0]];
       values[i] = v === undefined ? null : (v as number);
     }
-    const power = values[0] as number;
-    let flags = 0;
-    if (info && Math.abs(power) > 1.1 * info.capacityKw) flags |= FLAG_OUT_OF_RANGE;
-    if (now - ts > 3 * intervalS * 1000) flags |= FLAG_LATE;
+    const flags = softFlags(info, values[0] as number, ts, now, intervalS);
 
     return {
       nodeId,
@@ -308,6 +303,14 @@ export class ReadingValidator {
       intervalS,
     };
   }
+}
+
+/** Soft anomalies, stored and counted: power beyond 110 % of capacity, arrival later than 3 intervals. */
+function softFlags(info: { capacityKw: number } | undefined, powerKw: number, ts: number, now: number, intervalS: number): number {
+  let flags = 0;
+  if (info && Math.abs(powerKw) > 1.1 * info.capacityKw) flags |= FLAG_OUT_OF_RANGE;
+  if (now - ts > 3 * intervalS * 1000) flags |= FLAG_LATE;
+  return flags;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
