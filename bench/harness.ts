@@ -119,17 +119,7 @@ export async function latencies(n: number, fn: (i: number) => Promise<unknown>):
   return out;
 }
 
-/** Deterministic PRNG (mulberry32) so every run generates the same fleet. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng } from '../test/support/rng.js';
 
 export async function makeContext(serverUrl: string, redisUrl: string | undefined, runs: number) {
   const created: string[] = [];

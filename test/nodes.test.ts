@@ -1,5 +1,6 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { rng as prng } from './support/rng.js';
 import pg from 'pg';
 import { backends, createTestApp, type TestApp } from './support/app.js';
 import { boundingBox } from '../src/metadata/geo.js';
@@ -17,17 +18,6 @@ interface Seed {
   lon?: number;
 }
 
-/** Deterministic PRNG so failures reproduce. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * Reference great-circle distance, computed differently from the service (chord length between

@@ -165,17 +165,7 @@ export function close(actual: number | null | undefined, expected: number | null
   if (Math.abs(actual - expected) > tol) throw new Error(`${what}: expected ${expected}, got ${actual}`);
 }
 
-/** Deterministic PRNG (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng } from './support/rng.js';
 
 /** Holds the refresher's job lock on a separate connection, so timer runs skip while a test looks at unrefreshed state. */
 export async function holdRefresherLock(t: TestApp): Promise<() => Promise<void>> {
