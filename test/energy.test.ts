@@ -148,7 +148,8 @@ describe('energy semantics (energy.ts) against PostgreSQL', () => {
     const run = await refresher.refreshOnce();
     assert.ok(run.buckets > 0);
     const after = await energyByPeriods(t.container.db.pool, { nodeId, telemetryIntervalSeconds: interval }, localDays('America/New_York', '2026-10-31', '2026-11-02'));
-    assert.equal(after.tier, '1h', 'New York days start on whole UTC hours');
+    // A New York day (05:00Z to 05:00Z in winter) is 1 h + 2 h + 8 h + 8 h + 4 h + 1 h: whole UTC hours.
+    assert.equal(after.tier, '8h', 'New York days start on whole UTC hours');
     const days = localDays('America/New_York', '2026-10-31', '2026-11-02');
     after.periods.forEach((p, i) => {
       const ref = reference(readings, cap, days[i].start, days[i].end);

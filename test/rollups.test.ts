@@ -1,5 +1,6 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { createTestApp, KEYS, type TestApp } from './support/app.js';
 import { accumulate, mergeRanges } from '../src/telemetry/rollup-compute.js';
 import { NUMERIC_FIELDS } from '../src/telemetry/rollup-fields.js';
@@ -22,7 +23,7 @@ describe('rollup tiers and the refresher', () => {
 
   const get = (node: string, q: string) => t.request({ method: 'GET', url: `/api/telemetry/${node}/historical?${q}`, key: KEYS.read });
 
-  test('15 m rows equal the reference per bucket; 1 h and 1 d rows equal the merge of their children', async () => {
+  test('15 m rows equal the reference per bucket; 1 h, 2 h, 4 h, 8 h and 1 d rows equal the merge of their children', async () => {
     const nodeId = 'ru-tiers';
     await putNode(t, { nodeId, telemetryIntervalSeconds: 30 });
     const rand = rng(5);
@@ -63,7 +64,14 @@ describe('rollup tiers and the refresher', () => {
       close(r.held, ref.heldSeconds, 'voltage held');
     }
     // Coarser tiers are exactly the composition of finer ones.
-    for (const [coarse, fine, width] of [['telemetry_rollup_1h', 'telemetry_rollup_15m', '1 hour'], ['telemetry_rollup_1d', 'telemetry_rollup_1h', '24 hours']]) {
+    const chain = [
+      ['telemetry_rollup_1h', 'telemetry_rollup_15m', '1 hour'],
+      ['telemetry_rollup_2h', 'telemetry_rollup_1h', '2 hours'],
+      ['telemetry_rollup_4h', 'telemetry_rollup_2h', '4 hours'],
+      ['telemetry_rollup_8h', 'telemetry_rollup_4h', '8 hours'],
+      ['telemetry_rollup_1d', 'telemetry_rollup_8h', '24 hours'],
+    ];
+    for (const [coarse, fine, width] of chain) {
       const { rows: pairs } = await t.container.db.pool.query(
         `SELECT c.field, c.bucket_start, c.n, c.sum, c.min, c.max, c.first_v, c.last_v, c.integral, c.held, c.exported_kwh,
                 k.n AS kn, k.sum AS ksum, k.min AS kmin, k.max AS kmax, k.first_v AS kfirst, k.last_v AS klast, k.integral AS kintegral, k.held AS kheld, k.exported_kwh AS kexp
@@ -87,6 +95,41 @@ describe('rollup tiers and the refresher', () => {
         }
       }
     }
+    // Migration 010 composes the 2/4/8-hour tiers of existing rollups: run its composition again on
+    // emptied tiers and it gives back exactly the rows the refresher built.
+    const snapshot = async () =>
+      (
+        await t.container.db.pool.query(
+          `SELECT 'h' || tier AS tier, to_json(r) AS r FROM (
+             SELECT '2' AS tier, * FROM telemetry_rollup_2h WHERE node_id = $1 UNION ALL
+             SELECT '4', * FROM telemetry_rollup_4h WHERE node_id = $1 UNION ALL
+             SELECT '8', * FROM telemetry_rollup_8h WHERE node_id = $1) r ORDER BY 1, r.field, r.bucket_start`,
+          [nodeId],
+        )
+      ).rows;
+    const built = await snapshot();
+    assert.ok(built.length > 0);
+    const sql = readFileSync(new URL('../migrations/010_rollup_binary_tiers.sql', import.meta.url), 'utf8');
+    await withTransaction(t.container.db.pool, async (c) => {
+      // Other tests' nodes share the tables: keep theirs aside and restore them after.
+      await c.query(`CREATE TEMP TABLE keep_2h ON COMMIT DROP AS SELECT * FROM telemetry_rollup_2h WHERE node_id <> $1;
+                     CREATE TEMP TABLE keep_4h ON COMMIT DROP AS SELECT * FROM telemetry_rollup_4h WHERE node_id <> $1;
+                     CREATE TEMP TABLE keep_8h ON COMMIT DROP AS SELECT * FROM telemetry_rollup_8h WHERE node_id <> $1;`.replaceAll('$1', `'${nodeId}'`));
+      await c.query('DELETE FROM telemetry_rollup_2h; DELETE FROM telemetry_rollup_4h; DELETE FROM telemetry_rollup_8h');
+      await c.query(sql.slice(sql.indexOf('DO $$')));
+      await c.query(`DELETE FROM telemetry_rollup_2h WHERE node_id <> '${nodeId}'; DELETE FROM telemetry_rollup_4h WHERE node_id <> '${nodeId}'; DELETE FROM telemetry_rollup_8h WHERE node_id <> '${nodeId}';
+                     INSERT INTO telemetry_rollup_2h SELECT * FROM keep_2h; INSERT INTO telemetry_rollup_4h SELECT * FROM keep_4h; INSERT INTO telemetry_rollup_8h SELECT * FROM keep_8h`);
+    });
+    const composed = await snapshot();
+    assert.equal(composed.length, built.length);
+    composed.forEach((x, i) => {
+      const a = x.r as Record<string, number | string | null>;
+      const b = built[i].r as Record<string, number | string | null>;
+      for (const k of Object.keys(b)) {
+        if (typeof b[k] === 'number') close(a[k] as number, b[k] as number, `migration 010 ${x.tier} ${String(b.bucket_start)} ${k}`);
+        else assert.equal(a[k], b[k], `migration 010 ${x.tier} ${String(b.bucket_start)} ${k}`);
+      }
+    });
     // And every API answer from any tier equals the reference.
     for (const q of ['interval=1d', 'interval=1h', 'interval=15m', 'interval=30m&tz=Asia/Kathmandu']) {
       const r = await get(nodeId, `from=2026-11-24T22:00:00Z&to=2026-11-26T02:00:00Z&${q}&agg=twa,count,sum,first,last&fill=null`);

@@ -130,7 +130,7 @@ export const section: BenchSection = {
       }
       const refreshS = (performance.now() - t0) / 1000;
       ctx.report('telemetry-query', 'rollup refresh of every dirty 15-min bucket', refreshS, 's', `${buckets} buckets, ${Math.round(buckets / refreshS)} buckets/s`);
-      await container.db.pool.query('ANALYZE telemetry_rollup_15m; ANALYZE telemetry_rollup_1h; ANALYZE telemetry_rollup_1d');
+      await container.db.pool.query('ANALYZE telemetry_rollup_15m; ANALYZE telemetry_rollup_1h; ANALYZE telemetry_rollup_2h; ANALYZE telemetry_rollup_4h; ANALYZE telemetry_rollup_8h; ANALYZE telemetry_rollup_1d');
       // The marks the refresh just deleted, vacuumed as autovacuum does within its next round
       // (migration 009); their dead index entries would otherwise slow every query's mark lookup.
       await container.db.pool.query('VACUUM ANALYZE telemetry_dirty_buckets');

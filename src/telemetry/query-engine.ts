@@ -6,10 +6,10 @@
 import type { Queryable } from '../db/pool.js';
 import { accumulate, emptyAgg, emptyExtras, mergeAgg, mergeExtras, mergeRanges, type PeriodPartial } from './rollup-compute.js';
 import { POWER, type NumericField } from './rollup-fields.js';
-import { addTierAggregates, loadDirtyState, loadReadings, TIER_MS, type Tier, type TierPiece } from './rollup-store.js';
+import { addTierAggregates, loadDirtyState, loadReadings, TIER_MS, type AggParts, type Tier, type TierPiece } from './rollup-store.js';
 
 /** Coarsest first. */
-const LEVELS: readonly Tier[] = ['1d', '1h', '15m'];
+const LEVELS: readonly Tier[] = ['1d', '8h', '4h', '2h', '1h', '15m'];
 const QUARTER = TIER_MS['15m'];
 
 export interface AggregateResult {
@@ -84,8 +84,9 @@ export function withPowerFirst(fields: readonly NumericField[]): NumericField[] 
  * Aggregates `fields` (powerKw must be first: see `withPowerFirst`) of one node over `periods`
  * (sorted, non-overlapping, half-open epoch ms) under the hold cap `capMs`. The answer equals
  * `accumulate` over the raw readings, whichever tiers serve it. Reads dirty marks before
- * rollups, so a write acknowledged before the call is always reflected. `firstLast: false` (for
- * callers that need neither first nor last values) leaves those values unknown where rollups serve.
+ * rollups, so a write acknowledged before the call is always reflected. `opts` names what the
+ * caller needs beyond count, sum, min, max and the time-weighted pieces (default: everything); what
+ * it leaves out is left unknown where rollups serve (see `addTierAggregates`).
  */
 export async function aggregatePeriods(
   q: Queryable,
@@ -93,7 +94,7 @@ export async function aggregatePeriods(
   capMs: number,
   periods: readonly { start: number; end: number }[],
   fields: readonly NumericField[],
-  opts: { firstLast?: boolean } = {},
+  opts: Partial<AggParts> = {},
 ): Promise<AggregateResult> {
   if (fields[0] !== POWER) throw new Error('aggregatePeriods: powerKw must be the first field');
   const partials: PeriodPartial[] = periods.map(() => ({ fields: fields.map(emptyAgg), extras: emptyExtras() }));
@@ -105,7 +106,9 @@ export async function aggregatePeriods(
   const { pieces, raw } = planPieces(periods, state.dirty, useRollups);
 
   const fieldIndex = new Map(fields.map((f, i) => [f.code, i]));
-  await addTierAggregates(q, nodeId, fields.map((f) => f.code), pieces, partials, fieldIndex, opts.firstLast ?? true);
+  const firstLast = opts.firstLast ?? true;
+  const parts: AggParts = { firstLast, times: firstLast || (opts.times ?? true), extras: opts.extras ?? true };
+  await addTierAggregates(q, nodeId, fields.map((f) => f.code), pieces, partials, fieldIndex, parts);
 
   if (raw.length > 0) {
     raw.sort((a, b) => a.lo - b.lo);

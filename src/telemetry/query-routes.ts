@@ -60,6 +60,9 @@ export function telemetryQueryRoutes(service: TelemetryQueryService): FastifyPlu
           if (answer.nextCursor) void reply.header('X-Next-Cursor', answer.nextCursor);
           return reply.type('text/csv; charset=utf-8').send(answer.body as never);
         }
+        // Bucketed answers come as JSON text already (see bucketsJson); Fastify sends a string
+        // with a JSON content type as it is.
+        if (typeof answer.body === 'string') return reply.type('application/json; charset=utf-8').send(answer.body as never);
         return reply.send(answer.body as never);
       },
     );

@@ -1,7 +1,7 @@
 /**
  * The rollup refresher: recomputes dirty 15-minute buckets from raw readings, rebuilds the
- * 1 h and 1 d buckets above them, and clears the marks it has answered, all in one transaction
- * per node and batch. A mark set again while the refresher worked keeps its row (marked_at is
+ * coarser buckets above them (1 h, 2 h, 4 h, 8 h, 1 d), and clears the marks it has answered,
+ * all in one transaction per node and batch. A mark set again while the refresher worked keeps its row (marked_at is
  * compared on delete), so the next run picks it up.
  */
 import type { Logger } from 'pino';

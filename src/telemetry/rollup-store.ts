@@ -4,16 +4,28 @@ import { emptyAgg, mergeAgg, type FieldAgg, type PeriodPartial, type PowerExtras
 import { NUMERIC_FIELDS, type NumericField } from './rollup-fields.js';
 
 /** Rollup tiers above raw, finest first. */
-export type Tier = '15m' | '1h' | '1d';
+export type Tier = '15m' | '1h' | '2h' | '4h' | '8h' | '1d';
 
 export const TIER_TABLE: Readonly<Record<Tier, string>> = {
   '15m': 'telemetry_rollup_15m',
   '1h': 'telemetry_rollup_1h',
+  '2h': 'telemetry_rollup_2h',
+  '4h': 'telemetry_rollup_4h',
+  '8h': 'telemetry_rollup_8h',
   '1d': 'telemetry_rollup_1d',
 };
 
 /** Grid of each tier in ms (buckets aligned on the UTC epoch). */
-export const TIER_MS: Readonly<Record<Tier, number>> = { '15m': 900_000, '1h': 3_600_000, '1d': 86_400_000 };
+export const TIER_MS: Readonly<Record<Tier, number>> = { '15m': 900_000, '1h': 3_600_000, '2h': 7_200_000, '4h': 14_400_000, '8h': 28_800_000, '1d': 86_400_000 };
+
+/** Each tier above 15 minutes and the tier it is composed from, in build order. */
+const COMPOSED: readonly (readonly [Tier, Tier])[] = [
+  ['1h', '15m'],
+  ['2h', '1h'],
+  ['4h', '2h'],
+  ['8h', '4h'],
+  ['1d', '8h'],
+];
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -71,127 +83,143 @@ export interface TierPiece {
   idx: number;
 }
 
-// first/last as min/max over [time, value] pairs: no ordered aggregate, so the grouping can hash
-// instead of sorting every row. Those pairs are the dearest part of the statement (an array per
-// row and value, measured ~25 % of it), so they are computed only when first or last is asked for.
-function aggColumns(firstLast: boolean): string {
-  const firstV = firstLast ? `(min(ARRAY[date_part('epoch', r.first_ts), r.first_v]) FILTER (WHERE r.n > 0))[2]` : 'NULL::float8';
-  const lastV = firstLast ? `(max(ARRAY[date_part('epoch', r.last_ts), r.last_v]) FILTER (WHERE r.n > 0))[2]` : 'NULL::float8';
-  return `sum(r.n)::float8 AS n, sum(r.sum) AS sum, min(r.min) AS min, max(r.max) AS max,
-      ${firstV} AS first_v,
-      (extract(epoch FROM min(r.first_ts)) * 1000)::float8 AS first_ts,
-      ${lastV} AS last_v,
-      (extract(epoch FROM max(r.last_ts)) * 1000)::float8 AS last_ts,
-      sum(r.integral) AS integral, sum(r.held) AS held,
-      sum(r.exported_kwh) AS exported_kwh, sum(r.imported_kwh) AS imported_kwh, sum(r.available_s) AS available_s`;
+/**
+ * Which aggregate columns a tier read computes besides count, sum, min, max and the time-weighted
+ * pieces (integral, held), which every caller needs. Each aggregate costs per row read, so a
+ * query computes only what its answer uses.
+ */
+export interface AggParts {
+  /** First and last values (implies `times`). */
+  firstLast: boolean;
+  /** Times of the first and last readings. */
+  times: boolean;
+  /** Power extras: exported/imported energy and available seconds. */
+  extras: boolean;
 }
+
+export const ALL_AGG_PARTS: Readonly<AggParts> = { firstLast: true, times: true, extras: true };
+
+const ms = (col: string) => `(extract(epoch FROM x.${col}) * 1000)::float8`;
+
+/** The columns of one tier row a read returns (see AggRow); those `parts` leaves out are NULL. */
+function rowColumns(parts: AggParts): string {
+  const times = parts.times || parts.firstLast;
+  return [
+    ms('bucket_start'),
+    'x.field',
+    'x.n',
+    'x.sum',
+    'x.min',
+    'x.max',
+    parts.firstLast ? 'x.first_v' : 'NULL',
+    times ? ms('first_ts') : 'NULL',
+    parts.firstLast ? 'x.last_v' : 'NULL',
+    times ? ms('last_ts') : 'NULL',
+    'x.integral',
+    'x.held',
+    ...(parts.extras ? ['x.exported_kwh', 'x.imported_kwh', 'x.available_s'] : ['NULL', 'NULL', 'NULL']),
+  ].join(', ');
+}
+
+/** A tier row as read: [tier index, bucket start ms, field, n, sum, min, max, first_v, first_ts, last_v, last_ts, integral, held, exported, imported, available]. */
+type AggRow = [number, number, number, number, number, number | null, number | null, number | null, number | null, number | null, number | null, number, number, number | null, number | null, number | null];
+
+const statementNames = new Map<string, string>();
 
 /**
- * Pieces that cover most of their span: one index range scan over the span, each row mapped
- * to its piece through an array indexed by its grid slot (`-1` between pieces). Integer slot
- * arithmetic is far cheaper per row than `width_bucket` over timestamps; OFFSET 0 keeps the
- * mapping evaluated once per row.
+ * A name for a tier read's statement text, so each connection parses and plans it once and
+ * PostgreSQL may keep a generic plan: the texts differ only by the tiers used and how each is
+ * read, a few dozen shapes in all (a query of a year in a whole-hour zone spends as long planning
+ * its four-tier statement afresh as executing it).
  */
-function scanSelect(table: string, p: { map: number; base: number; grid: number; lo: number; hi: number }, columns: string): string {
-  return `SELECT r.idx, r.field, ${columns}
-    FROM (SELECT x.*, ($${p.map}::int[])[((date_part('epoch', x.bucket_start) - $${p.base}::float8) / $${p.grid}::float8)::int + 1] AS idx
-          FROM ${table} x
-          WHERE x.node_id = $1 AND x.field = ANY($2::smallint[]) AND x.bucket_start >= $${p.lo} AND x.bucket_start < $${p.hi}
-          OFFSET 0) r
-    WHERE r.idx >= 0
-    GROUP BY r.idx, r.field`;
-}
-
-/**
- * Sparse pieces (e.g. the 15-minute edges of each local day): one index range scan per piece.
- * LATERAL with OFFSET 0 keeps that plan whatever the statistics say (a fresh, unanalyzed rollup
- * table otherwise invites a nested loop over all of the node's rows).
- */
-function probeSelect(table: string, p: { lo: number; hi: number; idx: number }, columns: string): string {
-  return `SELECT p.idx, r.field, ${columns}
-    FROM unnest($${p.lo}::timestamptz[], $${p.hi}::timestamptz[], $${p.idx}::int[]) AS p(lo, hi, idx)
-    CROSS JOIN LATERAL (SELECT * FROM ${table} x
-                        WHERE x.node_id = $1 AND x.field = ANY($2::smallint[]) AND x.bucket_start >= p.lo AND x.bucket_start < p.hi OFFSET 0) r
-    GROUP BY p.idx, r.field`;
-}
-
-interface AggRow {
-  idx: number;
-  field: number;
-  n: number;
-  sum: number | null;
-  min: number | null;
-  max: number | null;
-  first_v: number | null;
-  first_ts: number | null;
-  last_v: number | null;
-  last_ts: number | null;
-  integral: number;
-  held: number;
-  exported_kwh: number | null;
-  imported_kwh: number | null;
-  available_s: number | null;
+function statementName(text: string): string {
+  let name = statementNames.get(text);
+  if (name === undefined) {
+    name = `vpp_tiers_${statementNames.size}`;
+    statementNames.set(text, name);
+  }
+  return name;
 }
 
 /**
  * Reads the rollup rows under `pieces` (any tiers) in one statement and folds them into
  * `partials[idx]`; `fieldIndex` maps a field code to its index in the partial's field list.
- * Without `firstLast`, the partials' first and last values stay unknown (NaN); their times are kept.
+ * What `parts` leaves out stays unknown in the partials: first and last values and times NaN
+ * (where rollups serve), extras 0.
+ *
+ * The rows themselves are returned and folded here, not grouped in SQL: with the 2/4/8-hour tiers
+ * most pieces are one row, and per-row aggregate transitions in the database cost more than
+ * the rows' transfer. Per tier, pieces that cover most of their span are read with one index range
+ * scan over it; sparse ones (e.g. the few edge buckets of each local day) by their bucket starts.
+ * Each row finds its piece through a slot array over the tier's grid (`-1` between pieces).
  */
-export async function addTierAggregates(q: Queryable, nodeId: string, fieldCodes: readonly number[], pieces: readonly TierPiece[], partials: PeriodPartial[], fieldIndex: ReadonlyMap<number, number>, firstLast = true): Promise<void> {
+export async function addTierAggregates(q: Queryable, nodeId: string, fieldCodes: readonly number[], pieces: readonly TierPiece[], partials: PeriodPartial[], fieldIndex: ReadonlyMap<number, number>, parts: Readonly<AggParts> = ALL_AGG_PARTS): Promise<void> {
   if (pieces.length === 0) return;
-  const columns = aggColumns(firstLast);
+  const columns = rowColumns(parts);
   const params: unknown[] = [nodeId, fieldCodes];
   const selects: string[] = [];
+  const grids: { base: number; g: number; map: Int32Array }[] = [];
   for (const tier of Object.keys(TIER_TABLE) as Tier[]) {
     const mine = pieces.filter((p) => p.tier === tier).sort((a, b) => a.lo - b.lo);
     if (mine.length === 0) continue;
-    const span = mine[mine.length - 1].hi - mine[0].lo;
-    const covered = mine.reduce((s, p) => s + (p.hi - p.lo), 0);
-    if (span <= 2 * covered + 64 * TIER_MS[tier]) {
-      const g = TIER_MS[tier];
-      const base = mine[0].lo;
-      const map = new Array<number>((mine[mine.length - 1].hi - base) / g).fill(-1);
-      for (const p of mine) for (let t = p.lo; t < p.hi; t += g) map[(t - base) / g] = p.idx;
-      params.push(map, base / 1000, g / 1000, iso(base), iso(mine[mine.length - 1].hi));
-      const n = params.length;
-      selects.push(scanSelect(TIER_TABLE[tier], { map: n - 4, base: n - 3, grid: n - 2, lo: n - 1, hi: n }, columns));
+    const g = TIER_MS[tier];
+    const base = mine[0].lo;
+    const end = mine[mine.length - 1].hi;
+    const map = new Int32Array((end - base) / g).fill(-1);
+    let covered = 0;
+    for (const p of mine) {
+      for (let t = p.lo; t < p.hi; t += g) map[(t - base) / g] = p.idx;
+      covered += (p.hi - p.lo) / g;
+    }
+    const k = grids.length;
+    grids.push({ base, g, map });
+    if (end - base <= (2 * covered + 64) * g) {
+      params.push(iso(base), iso(end));
+      selects.push(`SELECT ${k}, ${columns} FROM ${TIER_TABLE[tier]} x
+        WHERE x.node_id = $1 AND x.field = ANY($2::smallint[]) AND x.bucket_start >= $${params.length - 1} AND x.bucket_start < $${params.length}`);
     } else {
-      params.push(mine.map((p) => iso(p.lo)), mine.map((p) => iso(p.hi)), mine.map((p) => p.idx));
-      selects.push(probeSelect(TIER_TABLE[tier], { lo: params.length - 2, hi: params.length - 1, idx: params.length }, columns));
+      const starts: string[] = [];
+      for (let i = 0; i < map.length; i++) if (map[i] >= 0) starts.push(iso(base + i * g));
+      // As an array literal: the driver would otherwise escape every element. One index probe per
+      // bucket: LATERAL with OFFSET 0 keeps that plan whatever the statistics say (a fresh,
+      // unanalyzed tier otherwise invites a scan of all of the node's rows).
+      params.push(`{${starts.join(',')}}`);
+      selects.push(`SELECT ${k}, ${columns} FROM unnest($${params.length}::timestamptz[]) AS s(b)
+        CROSS JOIN LATERAL (SELECT * FROM ${TIER_TABLE[tier]} y WHERE y.node_id = $1 AND y.bucket_start = s.b AND y.field = ANY($2::smallint[]) OFFSET 0) x`);
     }
   }
-  const { rows } = await q.query<AggRow>(selects.join('\nUNION ALL\n'), params);
-  for (const r of rows) {
-    const f = fieldIndex.get(r.field);
-    if (f === undefined) continue;
-    const part = partials[r.idx];
+  const text = selects.join('\nUNION ALL\n');
+  const { rows } = await q.query({ name: statementName(text), text, values: params, rowMode: 'array' });
+  for (const r of rows as AggRow[]) {
+    const grid = grids[r[0]];
+    const idx = grid.map[(r[1] - grid.base) / grid.g];
+    const f = fieldIndex.get(r[2]);
+    if (idx === undefined || idx < 0 || f === undefined) continue;
+    const part = partials[idx];
     mergeRowInto(part.fields[f], r);
-    if (r.exported_kwh !== null) addExtras(part.extras, r);
+    if (r[13] !== null) {
+      part.extras.exportedKwh += r[13];
+      part.extras.importedKwh += r[14] ?? 0;
+      part.extras.availableS += r[15] ?? 0;
+    }
   }
 }
 
 function mergeRowInto(a: FieldAgg, r: AggRow): void {
   const b = emptyAgg();
-  b.n = r.n;
-  b.sum = r.sum ?? 0;
-  if (r.n > 0) {
-    b.min = r.min as number;
-    b.max = r.max as number;
-    b.firstV = r.first_v ?? NaN;
-    b.firstTs = r.first_ts as number;
-    b.lastV = r.last_v ?? NaN;
-    b.lastTs = r.last_ts as number;
+  b.n = r[3];
+  b.sum = r[4];
+  if (b.n > 0) {
+    b.min = r[5] as number;
+    b.max = r[6] as number;
+    b.firstV = r[7] ?? NaN;
+    b.firstTs = r[8] ?? NaN;
+    b.lastV = r[9] ?? NaN;
+    b.lastTs = r[10] ?? NaN;
   }
-  b.integral = r.integral;
-  b.held = r.held;
+  b.integral = r[11];
+  b.held = r[12];
   mergeAgg(a, b);
-}
-
-function addExtras(e: PowerExtras, r: AggRow): void {
-  e.exportedKwh += r.exported_kwh ?? 0;
-  e.importedKwh += r.imported_kwh ?? 0;
-  e.availableS += r.available_s ?? 0;
 }
 
 /** A dirty mark as read by the refresher: `markedAt` is PostgreSQL's exact text, compared on delete. */
@@ -255,7 +283,8 @@ const nulTs = (n: number) => (Number.isFinite(n) ? iso(n) : null);
 
 /**
  * Replaces one node's 15-minute rows of `buckets` by `rows` (buckets without a row are
- * deleted), rebuilds the 1 h and 1 d rows above them from the 15-minute tier, and clears the
+ * deleted), rebuilds the coarser rows above them tier by tier (1 h from 15 min, 2 h from 1 h, …,
+ * 1 d from 8 h), and clears the
  * marks that were not set again since they were read. Run inside a transaction.
  */
 export async function writeRefreshedBuckets(q: Queryable, nodeId: string, marks: readonly DirtyMark[], rows: readonly BucketRow[], capSeconds: number): Promise<void> {
@@ -286,10 +315,15 @@ export async function writeRefreshedBuckets(q: Queryable, nodeId: string, marks:
       ],
     );
   }
-  const hours = [...new Set(marks.map((m) => Math.floor(m.bucketStart / TIER_MS['1h']) * TIER_MS['1h']))];
-  const days = [...new Set(marks.map((m) => Math.floor(m.bucketStart / TIER_MS['1d']) * TIER_MS['1d']))];
-  await rebuildCoarse(q, nodeId, 'telemetry_rollup_1h', 'telemetry_rollup_15m', '1 hour', hours);
-  await rebuildCoarse(q, nodeId, 'telemetry_rollup_1d', 'telemetry_rollup_1h', '24 hours', days);
+  // The coarser buckets above the marks: all deleted in one statement, then each tier rebuilt from
+  // the one below it (which must be complete first).
+  const starts = COMPOSED.map(([tier]) => [...new Set(marks.map((m) => Math.floor(m.bucketStart / TIER_MS[tier]) * TIER_MS[tier]))].map(iso));
+  await q.query(
+    `WITH ${COMPOSED.map(([tier], k) => `d${k} AS (DELETE FROM ${TIER_TABLE[tier]} WHERE node_id = $1 AND field = ANY($2::smallint[]) AND bucket_start = ANY($${k + 3}::timestamptz[]))`).join(', ')}
+     SELECT 1`,
+    [nodeId, ALL_CODES, ...starts],
+  );
+  for (let k = 0; k < COMPOSED.length; k++) await composeTier(q, nodeId, COMPOSED[k][0], COMPOSED[k][1], starts[k]);
   // A mark set again while this run computed (marked_at changed) must survive: compare it.
   await q.query(
     `DELETE FROM telemetry_dirty_buckets d USING unnest($2::timestamptz[], $3::timestamptz[]) AS m(b, at)
@@ -303,18 +337,17 @@ export async function writeRefreshedBuckets(q: Queryable, nodeId: string, marks:
   );
 }
 
-async function rebuildCoarse(q: Queryable, nodeId: string, target: string, source: string, width: string, starts: number[]): Promise<void> {
-  const list = starts.map(iso);
-  await q.query(`DELETE FROM ${target} WHERE node_id = $1 AND field = ANY($3::smallint[]) AND bucket_start = ANY($2::timestamptz[])`, [nodeId, list, ALL_CODES]);
+/** Inserts the `tier` buckets starting at `list` of one node, composed from the `source` tier's rows under them. */
+async function composeTier(q: Queryable, nodeId: string, tier: Tier, source: Tier, list: string[]): Promise<void> {
   await q.query(
-    `INSERT INTO ${target} (node_id, field, bucket_start, n, sum, min, max, first_v, first_ts, last_v, last_ts, integral, held, exported_kwh, imported_kwh, available_s)
+    `INSERT INTO ${TIER_TABLE[tier]} (node_id, field, bucket_start, n, sum, min, max, first_v, first_ts, last_v, last_ts, integral, held, exported_kwh, imported_kwh, available_s)
      SELECT r.node_id, r.field, c.s, sum(r.n), sum(r.sum), min(r.min), max(r.max),
             (array_agg(r.first_v ORDER BY r.bucket_start) FILTER (WHERE r.n > 0))[1], min(r.first_ts),
             (array_agg(r.last_v ORDER BY r.bucket_start DESC) FILTER (WHERE r.n > 0))[1], max(r.last_ts),
             sum(r.integral), sum(r.held), sum(r.exported_kwh), sum(r.imported_kwh), sum(r.available_s)
      FROM unnest($2::timestamptz[]) AS c(s)
-     CROSS JOIN LATERAL (SELECT * FROM ${source} x
-                         WHERE x.node_id = $1 AND x.field = ANY($3::smallint[]) AND x.bucket_start >= c.s AND x.bucket_start < c.s + interval '${width}' OFFSET 0) r
+     CROSS JOIN LATERAL (SELECT * FROM ${TIER_TABLE[source]} x
+                         WHERE x.node_id = $1 AND x.field = ANY($3::smallint[]) AND x.bucket_start >= c.s AND x.bucket_start < c.s + make_interval(secs => ${TIER_MS[tier] / 1000}) OFFSET 0) r
      GROUP BY r.node_id, r.field, c.s`,
     [nodeId, list, ALL_CODES],
   );
