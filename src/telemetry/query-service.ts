@@ -138,8 +138,9 @@ export class TelemetryQueryService {
     const rows = buildBuckets(periods, clipped, result.partials.map((p) => p.fields), engineFields, fields, aggs, fill, maxGapMs);
 
     if (format === 'csv') return { tier: result.tier, sources: result.sources, format, body: toCsv(rows, fields, aggs, fill, fmt) };
-    const head = { nodeId: node.nodeId, from: fmt(from), to: fmt(to), interval, tz, fields: fields.map((f) => f.name), agg: aggs, fill };
-    return { tier: result.tier, sources: result.sources, format, body: bucketsJson(head, rows, fields, aggs, fmt) };
+    const head = { nodeId: node.nodeId, from: fmt(from), to: fmt(to), interval, tz };
+    const tail = { fields: fields.map((f) => f.name), agg: aggs, fill };
+    return { tier: result.tier, sources: result.sources, format, body: bucketsJson(head, rows, tail, fields, aggs, fmt) };
   }
 
   private async node(nodeId: string): Promise<{ nodeId: string; telemetryIntervalSeconds: number }> {
@@ -298,10 +299,12 @@ const jsonNumber = (v: number | null) => (v === null || !Number.isFinite(v) ? 'n
  * The bucketed answer as JSON text, written directly: a year of hourly buckets is thousands of
  * small objects, which building and then serialising (the response schema lets bucket objects
  * carry any field, so the serialiser falls back to generic code for them) cost more than the
- * database work of the query. Same shape and values as JSON.stringify of the answer object.
+ * database work of the query. The same text as the serialiser wrote: the contract's keys (`head`),
+ * `buckets`, then the query's echo (`tail`).
  */
-function bucketsJson(head: Record<string, unknown>, rows: readonly BucketRow[], fields: readonly NumericField[], aggs: readonly Agg[], fmt: (ms: number) => string): string {
+function bucketsJson(head: Record<string, unknown>, rows: readonly BucketRow[], tail: Record<string, unknown>, fields: readonly NumericField[], aggs: readonly Agg[], fmt: (ms: number) => string): string {
   const headJson = JSON.stringify(head);
+  const tailJson = JSON.stringify(tail);
   const keys = fields.map((f) => `,${JSON.stringify(f.name)}:{`);
   const aggKeys = aggs.map((a, j) => `${j > 0 ? ',' : ''}${JSON.stringify(a)}:`);
   const parts: string[] = [];
@@ -315,7 +318,7 @@ function bucketsJson(head: Record<string, unknown>, rows: readonly BucketRow[], 
     }
     parts.push(`${o}}`);
   }
-  return `${headJson.slice(0, -1)},"buckets":[${parts.join(',')}]}`;
+  return `${headJson.slice(0, -1)},"buckets":[${parts.join(',')}],${tailJson.slice(1)}`;
 }
 
 function csvCell(v: string | number | null): string {
