@@ -42,6 +42,13 @@ export interface EnergyFigures {
 }
 
 const QUARTER = TIER_MS['15m'];
+/**
+ * Tiers this module plans with. It reads every piece with one index range probe, and a probe costs
+ * far more than the rows it returns, so fewer, longer pieces are cheaper here than the 2/4/8-hour
+ * tiers' many one-row pieces: measured (same process, interleaved) 1 node × 365 Berlin days
+ * 12.5 ms against 20.6 ms with every tier, 7 nodes × 30 days 9.2 against 13.4 ms.
+ */
+const JOIN_LEVELS: readonly Tier[] = ['1d', '1h', '15m'];
 const iso = (ms: number) => new Date(ms).toISOString();
 // Bounds the size of the unnest arrays of one statement.
 const PIECES_PER_QUERY = 20_000;
@@ -83,7 +90,7 @@ export async function energyForNodes(q: Queryable, items: readonly NodePeriods[]
     const s = state.get(it.nodeId) ?? { cap: null, dirty: [] };
     const capMs = 3 * it.telemetryIntervalSeconds * 1000;
     const useRollups = s.cap === null || s.cap * 1000 === capMs;
-    const plan = planPieces(it.periods, s.dirty, useRollups);
+    const plan = planPieces(it.periods, s.dirty, useRollups, JOIN_LEVELS);
     for (const p of plan.pieces) pieces.push({ tier: p.tier, node: it.nodeId, lo: p.lo, hi: p.hi, item: i, period: p.idx });
     if (plan.raw.length > 0) {
       raw.push({ item: i, capMs, periods: plan.raw.map((r) => ({ start: r.lo, end: r.hi, period: r.idx })).sort((a, b) => a.start - b.start) });
@@ -97,6 +104,12 @@ export async function energyForNodes(q: Queryable, items: readonly NodePeriods[]
   return out;
 }
 
+/**
+ * Folds the rollup rows under `pieces` into `out`, one statement for all tiers. Each piece is one
+ * index range probe: LATERAL with OFFSET 0 keeps that plan. Joined plainly, the planner hashed the
+ * pieces on node alone and compared every rollup row of a node with every piece of it (1 node ×
+ * 365 days: 3.2 M comparisons, 500 ms, against 12 ms probed).
+ */
 async function addTiers(q: Queryable, pieces: readonly { tier: Tier; node: string; lo: number; hi: number; item: number; period: number }[], out: EnergyFigures[][]): Promise<void> {
   const params: unknown[] = [POWER.code];
   const selects: string[] = [];
@@ -108,7 +121,8 @@ async function addTiers(q: Queryable, pieces: readonly { tier: Tier; node: strin
     selects.push(`SELECT p.item, p.period, sum(r.n)::float8 AS n, min(r.min) AS min, max(r.max) AS max, sum(r.integral) AS integral, sum(r.held) AS held,
         sum(r.exported_kwh) AS exported, sum(r.imported_kwh) AS imported, sum(r.available_s) AS available
       FROM unnest($${n - 4}::text[], $${n - 3}::timestamptz[], $${n - 2}::timestamptz[], $${n - 1}::int[], $${n}::int[]) AS p(node, lo, hi, item, period)
-      JOIN ${TIER_TABLE[tier]} r ON r.node_id = p.node AND r.field = $1 AND r.bucket_start >= p.lo AND r.bucket_start < p.hi
+      CROSS JOIN LATERAL (SELECT * FROM ${TIER_TABLE[tier]} x
+                          WHERE x.node_id = p.node AND x.field = $1 AND x.bucket_start >= p.lo AND x.bucket_start < p.hi OFFSET 0) r
       GROUP BY p.item, p.period`);
   }
   if (selects.length === 0) return;

@@ -41,18 +41,19 @@ function lowerBound(xs: readonly number[], v: number): number {
 /**
  * Splits periods into tier pieces and raw pieces: each period is covered by the coarsest
  * aligned tier ranges free of dirty buckets, recursively finer at its edges and around dirty
- * buckets, and raw readings for what is left. `dirty` are sorted 15-minute bucket starts.
+ * buckets, and raw readings for what is left. `dirty` are sorted 15-minute bucket starts;
+ * `levels` the tiers to plan with, coarsest first (default: all of them).
  */
-export function planPieces(periods: readonly { start: number; end: number }[], dirty: readonly number[], useRollups: boolean): { pieces: TierPiece[]; raw: RawPiece[] } {
+export function planPieces(periods: readonly { start: number; end: number }[], dirty: readonly number[], useRollups: boolean, levels: readonly Tier[] = LEVELS): { pieces: TierPiece[]; raw: RawPiece[] } {
   const pieces: TierPiece[] = [];
   const raw: RawPiece[] = [];
   const decompose = (a: number, b: number, level: number, idx: number): void => {
     if (a >= b) return;
-    if (!useRollups || level >= LEVELS.length) {
+    if (!useRollups || level >= levels.length) {
       raw.push({ lo: a, hi: b, idx });
       return;
     }
-    const tier = LEVELS[level];
+    const tier = levels[level];
     const g = TIER_MS[tier];
     const A = Math.ceil(a / g) * g;
     const B = Math.floor(b / g) * g;
