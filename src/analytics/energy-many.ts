@@ -161,20 +161,28 @@ async function addRaw(
   const los: string[] = [];
   const his: string[] = [];
   const keys: number[] = [];
+  // The bounds of all ranges go as plain parameters too: the planner prunes telemetry's daily
+  // partitions on those, not on the joined ranges. Measured on the query bench's data (366
+  // partitions), 32 recent 15-minute ranges over 8 nodes: 275-780 ms → 2.6-2.9 ms.
+  let minLo = Infinity;
+  let maxHi = -Infinity;
   for (const r of ranges) {
     for (const g of r.ranges) {
       nodes.push(items[r.item].nodeId);
       los.push(iso(g.lo));
       his.push(iso(g.hi));
       keys.push(r.item);
+      minLo = Math.min(minLo, g.lo);
+      maxHi = Math.max(maxHi, g.hi);
     }
   }
   const { rows } = await q.query({
     text: `SELECT p.k, (extract(epoch FROM t.ts) * 1000)::float8 AS t, t.health_status, t.${POWER.column}
            FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int[]) AS p(node, lo, hi, k)
            JOIN telemetry t ON t.node_id = p.node AND t.ts >= p.lo AND t.ts < p.hi
+           WHERE t.ts >= $5 AND t.ts < $6
            ORDER BY p.k, t.ts`,
-    values: [nodes, los, his, keys],
+    values: [nodes, los, his, keys, iso(minLo), iso(maxHi)],
     rowMode: 'array',
   });
   const byItem = new Map<number, ReadingColumns>();
