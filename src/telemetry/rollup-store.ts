@@ -303,7 +303,16 @@ const nulTs = (n: number) => (Number.isFinite(n) ? iso(n) : null);
  */
 export async function writeRefreshedBuckets(q: Queryable, nodeId: string, marks: readonly DirtyMark[], rows: readonly BucketRow[], capSeconds: number): Promise<void> {
   const buckets = marks.map((m) => iso(m.bucketStart));
-  await q.query('DELETE FROM telemetry_rollup_15m WHERE node_id = $1 AND field = ANY($3::smallint[]) AND bucket_start = ANY($2::timestamptz[])', [nodeId, buckets, ALL_CODES]);
+  // The marked buckets and every coarser bucket above them, all deleted in one statement; then the
+  // 15-minute rows inserted, and each coarser tier rebuilt from the one below it (which must be
+  // complete first: one statement per tier).
+  const starts = COMPOSED.map(([tier]) => [...new Set(marks.map((m) => Math.floor(m.bucketStart / TIER_MS[tier]) * TIER_MS[tier]))].map(iso));
+  const tiers: Tier[] = ['15m', ...COMPOSED.map(([tier]) => tier)];
+  await q.query(
+    `WITH ${tiers.map((tier, k) => `d${k} AS (DELETE FROM ${TIER_TABLE[tier]} WHERE node_id = $1 AND field = ANY($2::smallint[]) AND bucket_start = ANY($${k + 3}::timestamptz[]))`).join(', ')}
+     SELECT 1`,
+    [nodeId, ALL_CODES, buckets, ...starts],
+  );
   if (rows.length > 0) {
     await q.query(
       `INSERT INTO telemetry_rollup_15m (node_id, field, bucket_start, n, sum, min, max, first_v, first_ts, last_v, last_ts, integral, held, exported_kwh, imported_kwh, available_s)
@@ -329,25 +338,17 @@ export async function writeRefreshedBuckets(q: Queryable, nodeId: string, marks:
       ],
     );
   }
-  // The coarser buckets above the marks: all deleted in one statement, then each tier rebuilt from
-  // the one below it (which must be complete first).
-  const starts = COMPOSED.map(([tier]) => [...new Set(marks.map((m) => Math.floor(m.bucketStart / TIER_MS[tier]) * TIER_MS[tier]))].map(iso));
-  await q.query(
-    `WITH ${COMPOSED.map(([tier], k) => `d${k} AS (DELETE FROM ${TIER_TABLE[tier]} WHERE node_id = $1 AND field = ANY($2::smallint[]) AND bucket_start = ANY($${k + 3}::timestamptz[]))`).join(', ')}
-     SELECT 1`,
-    [nodeId, ALL_CODES, ...starts],
-  );
   for (let k = 0; k < COMPOSED.length; k++) await composeTier(q, nodeId, COMPOSED[k][0], COMPOSED[k][1], starts[k]);
-  // A mark set again while this run computed (marked_at changed) must survive: compare it.
+  // A mark set again while this run computed (marked_at changed) must survive: compare it. And
+  // the cap the rows were built with, in the same statement.
   await q.query(
-    `DELETE FROM telemetry_dirty_buckets d USING unnest($2::timestamptz[], $3::timestamptz[]) AS m(b, at)
-     WHERE d.node_id = $1 AND d.bucket_start = m.b AND d.marked_at = m.at`,
-    [nodeId, buckets, marks.map((m) => m.markedAt)],
-  );
-  await q.query(
-    `INSERT INTO telemetry_rollup_state (node_id, cap_seconds) VALUES ($1, $2)
+    `WITH marks AS (
+       DELETE FROM telemetry_dirty_buckets d USING unnest($2::timestamptz[], $3::timestamptz[]) AS m(b, at)
+       WHERE d.node_id = $1 AND d.bucket_start = m.b AND d.marked_at = m.at
+     )
+     INSERT INTO telemetry_rollup_state (node_id, cap_seconds) VALUES ($1, $4)
      ON CONFLICT (node_id) DO UPDATE SET cap_seconds = EXCLUDED.cap_seconds, updated_at = now()`,
-    [nodeId, capSeconds],
+    [nodeId, buckets, marks.map((m) => m.markedAt), capSeconds],
   );
 }
 
