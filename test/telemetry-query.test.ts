@@ -185,6 +185,44 @@ describe('historical queries', () => {
     assert.ok(last.ts + cap <= iso('2026-11-21T06:15:00Z'));
   });
 
+  test('previous and linear fills over rollup-served buckets equal the same query served from raw', async () => {
+    // Rollup reads fetch reading times only when an answer needs them (first/last, these fills):
+    // the gap rule must see the same first/last reading times from rollups as from raw.
+    const gappy = 'hq-fill-tiers';
+    await putNode(t, { nodeId: gappy, telemetryIntervalSeconds: 300 });
+    const rs: TestReading[] = [];
+    const rand = rng(11);
+    // Every 5 minutes over two days, with silent stretches of 40 min, 2 h and 5 h.
+    for (let ts = iso('2026-11-24T00:00:00Z'); ts < iso('2026-11-26T00:00:00Z'); ts += 300_000) {
+      const h = (ts - iso('2026-11-24T00:00:00Z')) / 3_600_000;
+      if ((h >= 5 && h < 5.67) || (h >= 14 && h < 16) || (h >= 30 && h < 35)) continue;
+      rs.push({ ts, powerKw: Math.round((rand() - 0.4) * 1000) / 10 });
+    }
+    const release = await holdRefresherLock(t);
+    const q = (fill: string, maxGap?: number) => ({ from: '2026-11-24T00:00:00Z', to: '2026-11-26T00:00:00Z', interval: '1h', agg: 'avg,twa,count,min', fill, ...(maxGap ? { maxGap } : {}) });
+    // Readings either side of the 2 h and 5 h stretches are 7,500 s and 18,300 s apart.
+    const cases = [q('previous', 8000), q('linear', 8000), q('previous', 20000), q('linear', 20000)];
+    const fromRaw: string[] = [];
+    try {
+      await writeReadings(t.container.db.pool, gappy, rs, 300);
+      for (const c of cases) {
+        const r = await get(gappy, c);
+        assert.equal(r.statusCode, 200, r.body);
+        assert.match(String(r.headers['x-rollup-sources']), /raw$/, 'the written hours come from raw');
+        fromRaw.push(r.body);
+      }
+    } finally {
+      await release();
+    }
+    await t.container.jobs.runNow('rollup-refresh');
+    for (const [i, c] of cases.entries()) {
+      const r = await get(gappy, c);
+      assert.equal(r.headers['x-rollup-sources'], '1h', JSON.stringify(c));
+      assert.deepEqual(r.json(), JSON.parse(fromRaw[i]), JSON.stringify(c));
+      assert.ok((r.json().buckets as Bucket[]).some((b) => b.filled), `${JSON.stringify(c)} fills something`);
+    }
+  });
+
   test('corrections and late readings are reflected right after the write, and after the refresh', async () => {
     await t.container.jobs.runNow('rollup-refresh');
     const q = { from: iso('2026-11-20T00:00:00Z'), to: iso('2026-11-23T00:00:00Z'), interval: '1h', fields: 'powerKw', agg: AGGS.join(','), fill: 'null' };
