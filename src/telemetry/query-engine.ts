@@ -107,8 +107,7 @@ export async function aggregatePeriods(
   const { pieces, raw } = planPieces(periods, state.dirty, useRollups);
 
   const fieldIndex = new Map(fields.map((f, i) => [f.code, i]));
-  const firstLast = opts.firstLast ?? true;
-  const parts: AggParts = { firstLast, times: firstLast || (opts.times ?? true), extras: opts.extras ?? true };
+  const parts: AggParts = { firstLast: opts.firstLast ?? true, times: opts.times ?? true, extras: opts.extras ?? true };
   await addTierAggregates(q, nodeId, fields.map((f) => f.code), pieces, partials, fieldIndex, parts);
 
   if (raw.length > 0) {

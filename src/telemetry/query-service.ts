@@ -129,10 +129,9 @@ export class TelemetryQueryService {
     const clipped = periods.map((p) => ({ start: Math.max(p.start, from), end: Math.min(p.end, to) }));
     const engineFields = withPowerFirst(fields);
     const fill = input.fill ?? 'none';
-    // Reading times matter only to first/last and to the gap rule of the previous/linear fills;
-    // energy extras not at all.
-    const firstLast = aggs.includes('first') || aggs.includes('last');
-    const parts = { firstLast, times: firstLast || fill === 'previous' || fill === 'linear', extras: false };
+    // Reading times matter only to first/last (which bring them) and to the gap rule of the
+    // previous/linear fills; energy extras not at all.
+    const parts = { firstLast: aggs.includes('first') || aggs.includes('last'), times: fill === 'previous' || fill === 'linear', extras: false };
     const result = await this.deps.metrics.timeStore('telemetry_query', 'historical', () => aggregatePeriods(this.deps.db.readPool, node.nodeId, capMs, clipped, engineFields, parts));
     const maxGapMs = (input.maxGap ?? 3 * node.telemetryIntervalSeconds) * 1000;
     const rows = buildBuckets(periods, clipped, result.partials.map((p) => p.fields), engineFields, fields, aggs, fill, maxGapMs);

@@ -84,9 +84,9 @@ export interface TierPiece {
 }
 
 /**
- * Which aggregate columns a tier read computes besides count, sum, min, max and the time-weighted
- * pieces (integral, held), which every caller needs. Each aggregate costs per row read, so a
- * query computes only what its answer uses.
+ * Which columns a tier read returns besides count, sum, min, max and the time-weighted pieces
+ * (integral, held), which every caller needs. Each column costs per row read, so a query reads
+ * only what its answer uses.
  */
 export interface AggParts {
   /** First and last values (implies `times`). */
@@ -97,11 +97,9 @@ export interface AggParts {
   extras: boolean;
 }
 
-export const ALL_AGG_PARTS: Readonly<AggParts> = { firstLast: true, times: true, extras: true };
-
 const ms = (col: string) => `(extract(epoch FROM x.${col}) * 1000)::float8`;
 
-/** The columns of one tier row a read returns (see AggRow); those `parts` leaves out are NULL. */
+/** The columns of one tier row a read returns (see AggRow); those `parts` leaves out are NULL. First/last values bring their times. */
 function rowColumns(parts: AggParts): string {
   const times = parts.times || parts.firstLast;
   return [
@@ -162,7 +160,7 @@ function statementName(text: string): string {
  * by their bucket starts. Each row finds its piece through a slot array over the tier's grid
  * (`-1` between pieces).
  */
-export async function addTierAggregates(q: Queryable, nodeId: string, fieldCodes: readonly number[], pieces: readonly TierPiece[], partials: PeriodPartial[], fieldIndex: ReadonlyMap<number, number>, parts: Readonly<AggParts> = ALL_AGG_PARTS): Promise<void> {
+export async function addTierAggregates(q: Queryable, nodeId: string, fieldCodes: readonly number[], pieces: readonly TierPiece[], partials: PeriodPartial[], fieldIndex: ReadonlyMap<number, number>, parts: Readonly<AggParts>): Promise<void> {
   if (pieces.length === 0) return;
   const columns = rowColumns(parts);
   const params: unknown[] = [nodeId, fieldCodes];
@@ -298,8 +296,8 @@ const nulTs = (n: number) => (Number.isFinite(n) ? iso(n) : null);
 /**
  * Replaces one node's 15-minute rows of `buckets` by `rows` (buckets without a row are
  * deleted), rebuilds the coarser rows above them tier by tier (1 h from 15 min, 2 h from 1 h, …,
- * 1 d from 8 h), and clears the
- * marks that were not set again since they were read. Run inside a transaction.
+ * 1 d from 8 h), and clears the marks that were not set again since they were read. Run inside a
+ * transaction.
  */
 export async function writeRefreshedBuckets(q: Queryable, nodeId: string, marks: readonly DirtyMark[], rows: readonly BucketRow[], capSeconds: number): Promise<void> {
   const buckets = marks.map((m) => iso(m.bucketStart));
