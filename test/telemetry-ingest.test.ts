@@ -355,6 +355,59 @@ describe('telemetry ingestion (sync)', () => {
     }
   });
 
+  test('direct writes: keys all newer than the node\'s known latest go straight into telemetry; a key written meanwhile elsewhere sends the write down the staged path, counts exact', async () => {
+    const nodes = ['dw-1', 'dw-2'];
+    const ts0 = Math.floor(minutesAgo(600) / 60_000) * 60_000;
+    const results: WriteResult[] = [];
+    const writer = new GroupCommitWriter(t.container.db, new PartitionCache(t.container.db), { afterCommit: async () => undefined, published: (r) => results.push(r) }, t.container.logger, { directRows: 3 });
+    const row = (nodeId: string, k: number, power: number): IngestRow => ({ nodeId, ts: ts0 + k * 60_000, receivedAt: Date.now() + Math.random(), values: [power, null, null, null, null, null, null, null, null, null, null], healthStatus: null, quality: null, extra: null, flags: 0, intervalS: 60 });
+    const write = async (rows: IngestRow[]) => {
+      const counts = await writer.submit(rows);
+      await writer.drain();
+      return { counts, direct: results.at(-1)?.direct, conflict: results.at(-1)?.directConflict };
+    };
+    const power = async () => {
+      const { rows } = await t.container.db.pool.query<{ node_id: string; ts: Date; power_kw: number }>('SELECT node_id, ts, power_kw FROM telemetry WHERE node_id = ANY($1)', [nodes]);
+      return new Map(rows.map((r) => [`${r.node_id}|${(r.ts.getTime() - ts0) / 60_000}`, r.power_kw]));
+    };
+    const expected = new Map<string, number>();
+    const rowsFor = (ks: number[], p: (id: string, k: number) => number) => nodes.flatMap((id) => ks.map((k) => { expected.set(`${id}|${k}`, p(id, k)); return row(id, k, p(id, k)); }));
+
+    // Nothing known of the nodes yet: the staged path.
+    let r = await write(rowsFor([0, 1, 2, 3, 4], (_id, k) => k));
+    assert.deepEqual(r, { counts: { stored: 10, duplicates: 0 }, direct: false, conflict: false });
+    // Newer keys only (plus an identical copy inside the write): direct.
+    const fresh = rowsFor([5, 6, 7, 8, 9], (_id, k) => k);
+    r = await write([...fresh, { ...fresh[4], receivedAt: Date.now() + 0.5 }]);
+    assert.deepEqual(r, { counts: { stored: 10, duplicates: 1 }, direct: true, conflict: false });
+    assert.deepEqual(await power(), expected);
+    // Its dirty buckets, latest value and in-write copy are kept as on the staged path.
+    assert.deepEqual(await dirtyOf(t, 'dw-2'), expectedBuckets([0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map((k) => ts0 + k * 60_000), 60));
+    const { rows: lat } = await t.container.db.pool.query<{ node_id: string; ts: Date }>('SELECT node_id, ts FROM telemetry_latest WHERE node_id = ANY($1) ORDER BY 1', [nodes]);
+    assert.deepEqual(lat.map((l) => [l.node_id, l.ts.getTime()]), nodes.map((id) => [id, ts0 + 9 * 60_000]));
+    const { rows: q } = await t.container.db.pool.query<{ d: number }>('SELECT sum(duplicates)::int AS d FROM telemetry_quality_daily WHERE node_id = $1', ['dw-1']);
+    assert.equal(q[0].d, 1);
+
+    // Another writer (another instance) wrote key 10 of both nodes meanwhile: for dw-1 the same
+    // values (so ours is a duplicate), for dw-2 others (so ours corrects them).
+    await t.container.db.pool.query(
+      `INSERT INTO telemetry (node_id, ts, received_at, power_kw, flags) VALUES ('dw-1', $1, now(), 10, 0), ('dw-2', $1, now(), -1, 0)`,
+      [new Date(ts0 + 10 * 60_000)],
+    );
+    r = await write(rowsFor([10, 11, 12], (_id, k) => k));
+    assert.deepEqual(r, { counts: { stored: 5, duplicates: 1 }, direct: false, conflict: true });
+    assert.deepEqual(await power(), expected);
+    const { rows: corr } = await t.container.db.pool.query<{ flags: number }>('SELECT flags FROM telemetry WHERE node_id = $1 AND ts = $2', ['dw-2', new Date(ts0 + 10 * 60_000)]);
+    assert.equal(corr[0].flags & 4, 4, 'the replaced row is flagged corrected');
+    // The next newer write goes direct again; an older (late) key keeps a write on the staged path.
+    r = await write(rowsFor([13, 14, 15], (_id, k) => k));
+    assert.equal(r.direct, true);
+    r = await write([...rowsFor([16, 17], (_id, k) => k), row('dw-1', -1, -1)]);
+    expected.set('dw-1|-1', -1);
+    assert.deepEqual(r, { counts: { stored: 5, duplicates: 0 }, direct: false, conflict: false });
+    assert.deepEqual(await power(), expected);
+  });
+
   test('writer: concurrent flushes never share a node; versions of a key apply in arrival order', async () => {
     const nodes = ['ord-1', 'ord-2', 'ord-3'];
     const ts0 = minutesAgo(700);

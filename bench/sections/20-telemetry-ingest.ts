@@ -5,6 +5,9 @@
  *      distinct, sorted), 2 connections, 10,000 rows a transaction;
  *  (a′) diagnostic: the same plain SQL in 2,000-row transactions (the service's flush size in (b))
  *      that also keeps telemetry_latest and the dirty buckets, as the service does;
+ *  (a″) diagnostic: plain COPY straight into telemetry, 2 connections, 10,000 rows a transaction,
+ *      no conflict handling: what writing rows known to be new costs (the service's direct path
+ *      for such rows; it falls back to the staged upsert when a key exists);
  *  (b) sync HTTP batch ingestion, 1,000 readings a request, 8 concurrent keep-alive clients;
  *  (c) single-reading ingestion, 32 concurrent clients, timed after 2,000 warm-up readings;
  *      the clients of (b) and (c) run in a child process, outside the service's process, as a
@@ -109,7 +112,7 @@ const DIRTY_SQL = `INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_sta
   ORDER BY 1, 2
   ON CONFLICT (node_id, bucket_start) DO UPDATE SET marked_at = clock_timestamp()`;
 
-async function rawCeiling(url: string, readings: Reading[], opts: { rowsPerTx: number; bookkeeping: boolean } = { rowsPerTx: 10_000, bookkeeping: false }): Promise<{ rate: number; cpu: string }> {
+async function rawCeiling(url: string, readings: Reading[], opts: { rowsPerTx: number; bookkeeping: boolean; direct?: boolean } = { rowsPerTx: 10_000, bookkeeping: false }): Promise<{ rate: number; cpu: string }> {
   const days = new Set(readings.map((r) => r.timestamp.slice(0, 10)));
   const setup = new pg.Client({ connectionString: url });
   await setup.connect();
@@ -143,12 +146,12 @@ async function rawCeiling(url: string, readings: Reading[], opts: { rowsPerTx: n
       for (const text of chunks[w]) {
         await c.query('BEGIN');
         await new Promise<void>((resolve, reject) => {
-          const s = c.query(copyFrom(`COPY raw_stage FROM STDIN`));
+          const s = c.query(copyFrom(opts.direct ? `COPY telemetry (${COLS}) FROM STDIN` : `COPY raw_stage FROM STDIN`));
           s.on('error', reject);
           s.on('finish', resolve);
           s.end(text);
         });
-        await c.query(RAW_SQL);
+        if (!opts.direct) await c.query(RAW_SQL);
         if (opts.bookkeeping) {
           await c.query(LATEST_SQL);
           await c.query(DIRTY_SQL);
@@ -309,11 +312,12 @@ async function refreshCatchUp(s: Service): Promise<{ seconds: number; buckets: n
   return { seconds: (performance.now() - t0) / 1000, buckets, cpu: `cpu s: service ${cpu.processSeconds.toFixed(2)} db ${cpu.othersSeconds.toFixed(2)}` };
 }
 
-/** Group-commit flushes so far (count and readings) from the service's own metric. */
-async function flushSizes(s: Service): Promise<{ count: number; sum: number }> {
+/** Group-commit flushes so far (count, readings, direct writes) from the service's own metrics. */
+async function flushSizes(s: Service): Promise<{ count: number; sum: number; direct: number }> {
   const m = await s.container.metrics.registry.getSingleMetric('telemetry_flush_readings')?.get();
   const v = (name: string) => m?.values.find((x) => (x as { metricName?: string }).metricName === name)?.value ?? 0;
-  return { count: v('telemetry_flush_readings_count'), sum: v('telemetry_flush_readings_sum') };
+  const d = await s.container.metrics.registry.getSingleMetric('telemetry_direct_writes_total')?.get();
+  return { count: v('telemetry_flush_readings_count'), sum: v('telemetry_flush_readings_sum'), direct: d?.values[0]?.value ?? 0 };
 }
 
 async function latestLatency(s: Service): Promise<number[]> {
@@ -340,6 +344,8 @@ export const section: BenchSection = {
     const warmup = fleetReadings(start - 60 * 60_000, Math.ceil(WARMUP_SINGLES / NODES), 8).slice(0, WARMUP_SINGLES);
     const raw: number[] = [];
     const rawPrime: number[] = [];
+    const rawDirect: number[] = [];
+    const ratioDirect: number[] = [];
     const ratioPrime: number[] = [];
     const batch: number[] = [];
     const ratio: number[] = [];
@@ -353,9 +359,13 @@ export const section: BenchSection = {
       const primeDb = await ctx.freshDatabase();
       await seedNodes(primeDb);
       const { rate: a2, cpu: a2Cpu } = await rawCeiling(primeDb, readings, { rowsPerTx: 2000, bookkeeping: true });
+      const directDb = await ctx.freshDatabase();
+      await seedNodes(directDb);
+      const { rate: a3, cpu: a3Cpu } = await rawCeiling(directDb, readings, { rowsPerTx: 10_000, bookkeeping: false, direct: true });
       // Dropped at once: their autovacuum would otherwise run during (b) and (c).
       await ctx.dropDatabase(rawDb);
       await ctx.dropDatabase(primeDb);
+      await ctx.dropDatabase(directDb);
 
       const svcDb = await ctx.freshDatabase();
       await seedNodes(svcDb);
@@ -376,6 +386,8 @@ export const section: BenchSection = {
         const lat = await latestLatency(s);
         raw.push(a);
         rawPrime.push(a2);
+        rawDirect.push(a3);
+        ratioDirect.push(b.rate / a3);
         ratioPrime.push(b.rate / a2);
         batch.push(b.rate);
         ratio.push(b.rate / a);
@@ -385,8 +397,9 @@ export const section: BenchSection = {
         console.log(`   run ${run + 1}: (a) ${Math.round(a)}/s  (b) ${Math.round(b.rate)}/s  (b)/(a) ${(b.rate / a).toFixed(3)}  (c) ${Math.round(c)}/s  latest p50 ${percentile(lat, 50).toFixed(3)} ms`);
         const flushes2 = await flushSizes(s);
         console.log(`          (a′) raw + latest + dirty buckets, 2,000 rows a transaction: ${Math.round(a2)}/s, (b)/(a′) ${(b.rate / a2).toFixed(3)}; ${a2Cpu}`);
+        console.log(`          (a″) plain COPY into telemetry, no conflict handling: ${Math.round(a3)}/s, (b)/(a″) ${(b.rate / a3).toFixed(3)}; ${a3Cpu}`);
         console.log(`          rollup catch-up after (b): ${refresh.buckets} buckets in ${refresh.seconds.toFixed(2)} s (${refresh.cpu})`);
-        console.log(`          (a) ${aCpu}\n          (b) ${b.cpu}, ${flushes.count} flushes of ${Math.round(flushes.sum / flushes.count)} readings on average\n          (c) ${cCpu}, ${flushes2.count - flushes.count} flushes of ${((flushes2.sum - flushes.sum) / (flushes2.count - flushes.count)).toFixed(1)} readings on average`);
+        console.log(`          (a) ${aCpu}\n          (b) ${b.cpu}, ${flushes.count} flushes of ${Math.round(flushes.sum / flushes.count)} readings on average (${flushes.direct} direct)\n          (c) ${cCpu}, ${flushes2.count - flushes.count} flushes of ${((flushes2.sum - flushes.sum) / (flushes2.count - flushes.count)).toFixed(1)} readings on average (${flushes2.direct - flushes.direct} direct)`);
       } finally {
         await s.close();
       }
@@ -397,6 +410,8 @@ export const section: BenchSection = {
     ctx.report(S, '(b)/(a) same run', median(ratio), 'ratio', 'bar ≥ 0.75');
     ctx.report(S, "(a′) diagnostic: raw + latest + dirty buckets, 2,000 rows a transaction", median(rawPrime), 'readings/s', 'what the database alone does for the same bookkeeping');
     ctx.report(S, "(b)/(a′) same run", median(ratioPrime), 'ratio', 'the HTTP path against the database doing the same work');
+    ctx.report(S, '(a″) diagnostic: plain COPY into telemetry, no conflict handling', median(rawDirect), 'readings/s', 'rows known to be new');
+    ctx.report(S, '(b)/(a″) same run', median(ratioDirect), 'ratio', 'the HTTP path against writing new rows with no conflict handling');
     ctx.report(S, '(c) single-reading HTTP, 32 clients', median(single), 'readings/s', `${SINGLE_READINGS} readings`);
     ctx.report(S, '(d) GET latest p50', median(p50), 'ms', `p99 ${median(p99).toFixed(2)} ms`);
   },

@@ -48,6 +48,8 @@ export interface IngestMetrics {
   rejected: Counter<'reason'>;
   flushSize: Histogram;
   flushSeconds: Histogram;
+  directWrites: Counter;
+  directConflicts: Counter;
 }
 
 export function createIngestMetrics(metrics: Metrics): IngestMetrics {
@@ -57,6 +59,8 @@ export function createIngestMetrics(metrics: Metrics): IngestMetrics {
     duplicates: new Counter({ name: 'telemetry_duplicate_readings_total', help: 'Readings identical to a stored one (no-op re-sends)', registers }),
     rejected: new Counter({ name: 'telemetry_rejected_readings_total', help: 'Readings rejected at ingestion, by reason', labelNames: ['reason'], registers }),
     flushSize: new Histogram({ name: 'telemetry_flush_readings', help: 'Readings per group-commit write', buckets: [1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 20000], registers }),
+    directWrites: new Counter({ name: 'telemetry_direct_writes_total', help: 'Group-commit writes whose rows were all new and went straight into telemetry (no staging, no conflict handling)', registers }),
+    directConflicts: new Counter({ name: 'telemetry_direct_write_conflicts_total', help: 'Direct writes that met an existing key (written meanwhile by another instance) and were redone on the staged path', registers }),
     flushSeconds: new Histogram({ name: 'telemetry_flush_duration_seconds', help: 'Time of one group-commit write, from start to answered', buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers }),
   };
 }
@@ -176,6 +180,8 @@ export class TelemetryIngestService {
     if (result.duplicates) m.duplicates.inc(result.duplicates);
     m.flushSize.observe(rows);
     m.flushSeconds.observe(seconds);
+    if (result.direct) m.directWrites.inc();
+    if (result.directConflict) m.directConflicts.inc();
     // One message per channel and write, not one per node: with Redis each message is a command
     // on every instance. telemetry.latest is newline-delimited so the SSE hub can log each line
     // as it is, without parsing and re-serialising; telemetry.changed is a JSON array.

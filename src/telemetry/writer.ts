@@ -36,6 +36,10 @@ export interface WriteResult {
   corrected: number;
   latest: LatestChange[];
   changed: ChangedRange[];
+  /** True when the rows went straight into telemetry (every key was new). */
+  direct: boolean;
+  /** True when a direct write met an existing key and the rows were written on the staged path. */
+  directConflict: boolean;
 }
 
 export const OUTCOME_STORED = 0;
@@ -51,6 +55,10 @@ const BUCKET_MS = 15 * 60_000;
 // commit or rollback, so a failed write leaves nothing behind.
 const STAGE_DDL = `CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (LIKE telemetry) ON COMMIT DELETE ROWS`;
 const COPY_SQL = `COPY telemetry_stage (${ROW_COLS}) FROM STDIN (FORMAT binary)`;
+// Rows whose keys are all newer than anything known of their node go straight into telemetry: no
+// staging, no conflict handling. Were a key there after all, the unique key fails the COPY and the
+// write is redone on the staged path, so the guess decides only the speed, never the outcome.
+const DIRECT_COPY_SQL = `COPY telemetry (${ROW_COLS}) FROM STDIN (FORMAT binary)`;
 
 const EPOCH_MS = (e: string) => `(extract(epoch FROM ${e}) * 1000)::float8`;
 
@@ -93,7 +101,7 @@ function qualitySql(sources: string[]): string {
 }
 
 const CORRECTIONS_FROM_INS = `SELECT node_id, (ts AT TIME ZONE 'UTC')::date AS day, 0::bigint AS dups, 1::bigint AS corr FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0`;
-const FLUSH_DUPS = (param: string) => `SELECT e->>0, (e->>1)::date, (e->>2)::bigint, 0::bigint FROM jsonb_array_elements(${param}::jsonb) e`;
+const FLUSH_DUPS = (param: string) => `SELECT e->>0 AS node_id, (e->>1)::date AS day, (e->>2)::bigint AS dups, 0::bigint AS corr FROM jsonb_array_elements(${param}::jsonb) e`;
 
 const DIRTY_CONFLICT = `ON CONFLICT (node_id, bucket_start) DO UPDATE SET marked_at = clock_timestamp()`;
 
@@ -169,6 +177,25 @@ const SMALL_SQL = `WITH s AS MATERIALIZED (
 SELECT (SELECT count(*) FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0)::int AS corrected,
   (SELECT coalesce(json_agg(json_build_array(node_id, version)), '[]') FROM lat) AS latest,
   (SELECT coalesce(json_agg(json_build_array(node_id, ${EPOCH_MS('ts')})), '[]') FROM dup) AS dups`;
+
+/**
+ * After a direct COPY, which wrote every row as new: $1 dirty buckets of every row, $2 latest
+ * candidates, $3 identical copies inside the write. No corrections are possible.
+ */
+const DIRECT_SQL = `WITH lat AS (
+  ${latestSql('$2')}
+), dirty AS (
+  INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
+  SELECT e->>0 AS node_id, (e->>1)::timestamptz AS bucket_start FROM jsonb_array_elements($1::jsonb) e
+  ORDER BY (e->>0) COLLATE "C", 2
+  ${DIRTY_CONFLICT}
+), q AS (
+  ${qualitySql([FLUSH_DUPS('$3')])}
+)
+SELECT (SELECT coalesce(json_agg(json_build_array(node_id, version)), '[]') FROM lat) AS latest`;
+
+/** SQLSTATE of a unique violation: a direct COPY met a key that was there after all. */
+const UNIQUE_VIOLATION = '23505';
 
 const staged = new WeakSet<pg.PoolClient | pg.Client>();
 
@@ -450,11 +477,11 @@ class BinaryCopyEncoder {
   }
 }
 
-async function copyRows(client: pg.PoolClient | pg.Client, p: Plan, idx: readonly number[]): Promise<void> {
+async function copyRows(client: pg.PoolClient | pg.Client, p: Plan, idx: readonly number[], sql = COPY_SQL): Promise<void> {
   const enc = new BinaryCopyEncoder();
   for (const i of idx) enc.row(p.rows[i]);
   const chunks = enc.end();
-  const stream = client.query(copyFrom(COPY_SQL));
+  const stream = client.query(copyFrom(sql));
   const done = new Promise<void>((resolve, reject) => {
     stream.on('error', reject);
     stream.on('finish', resolve);
@@ -497,14 +524,30 @@ function isSingleStatement(p: Plan, smallRows: number): boolean {
   return p.rounds.length === 1 && p.rounds[0].length <= smallRows;
 }
 
-async function applyPlan(client: pg.PoolClient | pg.Client, p: Plan, smallRows: number): Promise<WriteResult> {
+/**
+ * Applies the plan. `direct` (one round, inside a transaction, every key new as far as the caller
+ * knows): the rows are COPYed straight into telemetry; a key already there fails it with a unique
+ * violation, and the caller redoes the write without `direct`.
+ */
+async function applyPlan(client: pg.PoolClient | pg.Client, p: Plan, smallRows: number, direct = false): Promise<WriteResult> {
   const iso = new IsoCache();
-  const result: WriteResult = { outcome: p.outcome, stored: 0, duplicates: p.duplicates, corrected: 0, latest: [], changed: [] };
+  const result: WriteResult = { outcome: p.outcome, stored: 0, duplicates: p.duplicates, corrected: 0, latest: [], changed: [], direct, directConflict: false };
   const readingTexts: string[] = [];
   const latestParam = latestJson(p, iso, readingTexts);
   const dupsParam = flushDupsJson(p);
   let versions: [string, number][] = [];
-  for (let k = 0; k < p.rounds.length; k++) {
+  if (direct) {
+    if (p.rounds.length !== 1) throw new Error('applyPlan: a direct write has one round');
+    const idx = p.rounds[0];
+    await copyRows(client, p, idx, DIRECT_COPY_SQL);
+    const { rows: out } = await client.query<{ latest: [string, number][] }>({
+      name: 'vpp_ingest_direct',
+      text: DIRECT_SQL,
+      values: [dirtyJson(p, idx, iso), latestParam, dupsParam],
+    });
+    versions = out[0].latest;
+  }
+  for (let k = 0; k < (direct ? 0 : p.rounds.length); k++) {
     const idx = p.rounds[k];
     // Latest candidates and copies inside the write do not depend on the telemetry rows: once, first.
     const first = k === 0;
@@ -651,6 +694,12 @@ export interface WriterOptions {
    * size), while large requests still get parallel flushes at once.
    */
   extraFlushRows?: number;
+  /**
+   * A flush of at least this many rows (default 64), one version per key, all newer than the
+   * newest reading this writer has seen committed for their node, is COPYed straight into
+   * telemetry (see DIRECT_COPY_SQL); 0 turns that off.
+   */
+  directRows?: number;
 }
 
 const RETRYABLE = new Set(['40P01', '40001', '23514']);
@@ -677,6 +726,12 @@ export class GroupCommitWriter {
   private readonly retries: number;
   private readonly delayMs: number;
   private readonly extraFlushRows: number;
+  private readonly directRows: number;
+  /**
+   * Per node, the measurement time of its latest reading as this writer last committed it: keys
+   * newer than it are new unless another writer (another instance) wrote them meanwhile.
+   */
+  private readonly newest = new Map<string, number>();
 
   constructor(
     private readonly db: Db,
@@ -692,6 +747,7 @@ export class GroupCommitWriter {
     this.retries = opts.retries ?? 3;
     this.delayMs = opts.delayMs ?? 0;
     this.extraFlushRows = Math.max(1, opts.extraFlushRows ?? 64);
+    this.directRows = opts.directRows ?? 64;
   }
 
   /** Readings waiting for a flush (not yet in a running one). */
@@ -821,8 +877,27 @@ export class GroupCommitWriter {
     this.hooks.published(result, rows.length, (performance.now() - t0) / 1000);
   }
 
+  /** True when every row of the (single-round) plan is newer than its node's newest known reading. */
+  private allNew(plan: Plan): boolean {
+    if (this.directRows <= 0 || plan.rounds.length !== 1 || plan.rounds[0].length < this.directRows) return false;
+    for (const idx of plan.groups) {
+      const known = this.newest.get(plan.rows[idx[0]].nodeId);
+      // Rows of a node are sorted by time: its oldest decides.
+      if (known === undefined || plan.rows[idx[0]].ts <= known) return false;
+    }
+    return true;
+  }
+
   private async writeWithRetry(rows: IngestRow[]): Promise<WriteResult> {
+    const result = await this.writeAttempts(rows);
+    for (const c of result.latest) this.newest.set(c.nodeId, c.ts);
+    return result;
+  }
+
+  private async writeAttempts(rows: IngestRow[]): Promise<WriteResult> {
+    let tryDirect = true;
     for (let attempt = 0; ; attempt++) {
+      let direct = false;
       try {
         let client: pg.PoolClient;
         try {
@@ -836,11 +911,13 @@ export class GroupCommitWriter {
         try {
           await this.partitions.ensureFor(rows, client);
           const plan = planWrite(rows);
+          direct = tryDirect && this.allNew(plan);
           // One statement needs no explicit transaction: it commits on its own, in one round trip.
-          if (isSingleStatement(plan, this.smallRows)) return await applyPlan(client, plan, this.smallRows);
+          if (!direct && isSingleStatement(plan, this.smallRows)) return Object.assign(await applyPlan(client, plan, this.smallRows), { directConflict: !tryDirect });
           inTransaction = true;
-          await client.query(BEGIN_WRITE);
-          const result = await applyPlan(client, plan, this.smallRows);
+          await client.query(direct ? 'BEGIN' : BEGIN_WRITE);
+          const result = await applyPlan(client, plan, this.smallRows, direct);
+          result.directConflict = !tryDirect;
           await client.query('COMMIT');
           return result;
         } catch (err) {
@@ -860,6 +937,13 @@ export class GroupCommitWriter {
         }
       } catch (err) {
         const code = (err as { code?: string }).code;
+        if (direct && code === UNIQUE_VIOLATION) {
+          // A key was there after all (written by another instance): the staged path decides, not a retry.
+          tryDirect = false;
+          attempt--;
+          this.logger.debug('direct telemetry write met an existing key; written on the staged path');
+          continue;
+        }
         if (attempt >= this.retries || !code || !RETRYABLE.has(code)) throw err;
         if (code === '23514') this.partitions.forget();
         this.logger.warn({ code, attempt }, 'telemetry flush retried');
