@@ -3,20 +3,22 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import { Ajv } from 'ajv';
 import { NODE_ID_PATTERN, NodeId, StringEnum, TimeInput, errorResponses, ErrorResponse } from '../http/schemas.js';
-import { HEALTH_STATUSES, QUALITIES } from './validate.js';
+import { HEALTH_STATUSES, MAX_MAGNITUDE, QUALITIES } from './validate.js';
 import { MAX_BATCH_READINGS, type TelemetryIngestService } from './ingest-service.js';
 
 /** Largest batch body: 10,000 readings that each carry a full 4 KiB `extra` still fit (bytes). */
 export const BATCH_BODY_LIMIT = 48 * 1024 * 1024;
 
-const n = (description: string, extra: Record<string, unknown> = {}) => Type.Optional(Type.Number({ description, ...extra }));
+/** Every numeric field is finite and at most MAX_MAGNITUDE in magnitude; some have tighter physical bounds. */
+const bounded = (description: string, extra: Record<string, unknown> = {}) => Type.Number({ description, minimum: -MAX_MAGNITUDE, maximum: MAX_MAGNITUDE, ...extra });
+const n = (description: string, extra: Record<string, unknown> = {}) => Type.Optional(bounded(description, extra));
 
 /** A reading as documented (validated per reading by the service, so one bad reading does not fail a batch). */
 export const ReadingSchema = Type.Object(
   {
     nodeId: Type.Optional(NodeId),
     timestamp: TimeInput,
-    powerKw: Type.Number({ description: 'kW; + exports/generates, − consumes/charges' }),
+    powerKw: bounded('kW; + exports/generates, − consumes/charges'),
     reactivePowerKvar: n('kvar'),
     voltageV: n('V, ≥ 0', { minimum: 0 }),
     currentA: n('A'),

@@ -75,7 +75,15 @@ const NODE_ID_RE = new RegExp(NODE_ID_PATTERN);
 /** In JSON.stringify output: an escaped NUL, or an escaped surrogate (paired ones are written raw). */
 const UNSTORABLE_JSON = /(?<!\\)(?:\\\\)*\\u(?:0000|d[89a-f][0-9a-f]{2})/i;
 
-const num = (extra: Record<string, unknown> = {}) => ({ type: 'number', ...extra });
+/**
+ * Largest magnitude of any numeric field. No site measures anything near it (10^12 kW is a
+ * thousand times the world's generating capacity), and it keeps every sum and time integral a
+ * rollup or analytic forms over two years far inside float8's range: a finite value such as
+ * 1.7e308 would overflow them.
+ */
+export const MAX_MAGNITUDE = 1e12;
+
+const num = (extra: Record<string, unknown> = {}) => ({ type: 'number', minimum: -MAX_MAGNITUDE, maximum: MAX_MAGNITUDE, ...extra });
 
 function readingSchema(withNodeId: boolean): object {
   const properties: Record<string, object> = {
