@@ -6,12 +6,15 @@ import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Container } from './container.js';
 import { AppError } from './http/errors.js';
-import { registerErrorHandling } from './http/error-handler.js';
+import { clientErrorHandler, frameworkErrors, registerErrorHandling } from './http/error-handler.js';
 import { authHook, hashKey, presentedKey } from './http/auth.js';
 import { validatorCompiler } from './http/validation.js';
 import { ErrorResponse } from './http/schemas.js';
 import { healthRoutes } from './health/routes.js';
 import { securityHeaders } from './http/security-headers.js';
+
+/** Request line plus headers, at most (Node's default is 16 KiB). */
+export const MAX_HEADER_BYTES = 128 * 1024;
 
 export interface AppOptions {
   /** Largest request body in bytes for routes that do not set their own (413 above). */
@@ -41,6 +44,10 @@ async function buildTypedApp(container: Container, opts: AppOptions) {
     return503OnClosing: true,
     forceCloseConnections: 'idle',
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 },
+    // Node's default 16 KiB would refuse an export of 1,000 node ids of up to 64 characters in its URL.
+    http: { maxHeaderSize: MAX_HEADER_BYTES },
+    frameworkErrors,
+    clientErrorHandler,
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   app.setValidatorCompiler(validatorCompiler);

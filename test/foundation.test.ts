@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { backends, createTestApp, KEYS, type TestApp } from './support/app.js';
 import { readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
+import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { loadConfig, readEnvironment, ConfigError, EnvSchema } from '../src/config.js';
 
@@ -83,6 +84,16 @@ for (const backend of backends()) {
       assert.ok(Array.isArray(r.json().error.details));
     });
 
+    test('errors raised before any route (bad percent-encoding, an over-long path parameter) get the envelope', async () => {
+      const bad = await t.request({ method: 'GET', url: '/api/data-quality/%E0%A4%A' });
+      assert.equal(bad.statusCode, 400, bad.body);
+      assert.equal(bad.json().error.code, 'BAD_URL');
+      assert.deepEqual(bad.json().error.details, []);
+      const long = await t.request({ method: 'GET', url: `/api/data-quality/${'a'.repeat(300)}` });
+      assert.equal(long.statusCode, 414, long.body);
+      assert.equal(long.json().error.code, 'URI_TOO_LONG');
+    });
+
     test('request ids and security headers', async () => {
       const r = await t.request({ method: 'GET', url: '/health/live', headers: { 'x-request-id': 'abc-123' } });
       assert.equal(r.headers['x-request-id'], 'abc-123');
@@ -145,6 +156,41 @@ for (const backend of backends()) {
     });
   });
 }
+
+describe('requests refused by the HTTP parser', () => {
+  let t: TestApp;
+  let port: number;
+  before(async () => {
+    t = await createTestApp();
+    await t.app.listen({ port: 0, host: '127.0.0.1' });
+    port = (t.app.server.address() as AddressInfo).port;
+  });
+  after(async () => t?.close());
+
+  /** Sends raw bytes, returns everything the server wrote before it closed the connection. */
+  const raw = (request: string) =>
+    new Promise<string>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      // Written, not ended: Node's server drops a request whose client half-closes before the answer.
+      const socket = net.connect(port, '127.0.0.1', () => socket.write(request));
+      socket.on('data', (d) => chunks.push(d));
+      socket.on('error', reject);
+      socket.on('close', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    });
+
+  test('a URL of 1,000 node ids of 64 characters fits (up to 128 KiB); beyond the limit 431, malformed 400, both in the envelope', async () => {
+    const ids = Array.from({ length: 1000 }, (_, i) => `${String(i).padStart(4, '0')}${'x'.repeat(60)}`).join(',');
+    const fits = await raw(`GET /api/telemetry/export?nodeIds=${ids}&from=0&to=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${KEYS.read}\r\nConnection: close\r\n\r\n`);
+    assert.match(fits, /^HTTP\/1\.1 404 /, fits.slice(0, 300));
+    assert.match(fits, /"code":"NODE_NOT_FOUND"/);
+    const tooBig = await raw(`GET /api/telemetry/export?nodeIds=${'a'.repeat(140 * 1024)} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    assert.match(tooBig, /^HTTP\/1\.1 431 /, tooBig.slice(0, 200));
+    assert.equal(JSON.parse(tooBig.slice(tooBig.indexOf('\r\n\r\n') + 4)).error.code, 'HEADERS_TOO_LARGE');
+    const malformed = await raw('GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n');
+    assert.match(malformed, /^HTTP\/1\.1 400 /, malformed.slice(0, 200));
+    assert.equal(JSON.parse(malformed.slice(malformed.indexOf('\r\n\r\n') + 4)).error.code, 'BAD_REQUEST');
+  });
+});
 
 describe('access log', () => {
   test('at info: one line per failed request, path without its query; successful requests only at debug', async () => {

@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { AppError, fromDatabaseError, type ErrorDetail } from './errors.js';
 import { toDetails } from './validation.js';
@@ -18,6 +19,36 @@ const FASTIFY_CODES: Record<string, { status: number; code: string }> = {
   FST_ERR_CTP_INVALID_JSON_BODY: { status: 400, code: 'INVALID_JSON' },
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: { status: 400, code: 'BAD_REQUEST' },
 };
+
+/**
+ * Fastify's `frameworkErrors` option: errors its router raises before any route or hook runs (a
+ * path with bad percent-encoding, a path parameter above maxParamLength), answered in the envelope.
+ */
+export function frameworkErrors(err: FastifyError, _req: FastifyRequest, reply: FastifyReply): void {
+  const status = err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 414 : 400;
+  const code = err.code === 'FST_ERR_BAD_URL' ? 'BAD_URL' : err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'URI_TOO_LONG' : 'BAD_REQUEST';
+  void reply.code(status).send(envelope(code, err.message));
+}
+
+/**
+ * Fastify's `clientErrorHandler` option: requests Node's HTTP parser refuses before Fastify sees
+ * them (headers or URL above the size limit, malformed requests, read timeouts) get the envelope
+ * on the raw socket, which is then closed (the parser's state is lost).
+ */
+export function clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, reason, body] =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? [431, 'Request Header Fields Too Large', envelope('HEADERS_TOO_LARGE', 'the request line and headers exceed the server limit (128 KiB)')]
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'Request Timeout', envelope('REQUEST_TIMEOUT', 'the request was not received in time')]
+        : [400, 'Bad Request', envelope('BAD_REQUEST', 'malformed HTTP request')];
+  const text = JSON.stringify(body);
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${status} ${reason}\r\nContent-Length: ${Buffer.byteLength(text)}\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\n\r\n${text}`);
+  }
+  socket.destroy(err);
+}
 
 /**
  * The one error handler: every error becomes the contract's envelope. Client errors keep
