@@ -108,6 +108,18 @@ for (const backend of backends()) {
       assert.ok([200, 302].includes(page.statusCode));
     });
 
+    test('OpenAPI declares the telemetry answers as sent: CSV/NDJSON content, X-Rollup-Tier, Retry-After, 413 for bodies', async () => {
+      const paths = (await t.request({ method: 'GET', url: '/docs/openapi.json', key: null })).json().paths;
+      const historical = paths['/api/telemetry/{nodeId}/historical'].get.responses;
+      assert.deepEqual(Object.keys(historical[200].content).sort(), ['application/json', 'text/csv']);
+      assert.ok(historical[200].headers['X-Rollup-Tier']);
+      assert.deepEqual(Object.keys(paths['/api/telemetry/export'].get.responses[200].content).sort(), ['application/x-ndjson', 'text/csv']);
+      const single = paths['/api/telemetry/{nodeId}'].post.responses;
+      assert.deepEqual(Object.keys(single).sort(), ['201', '400', '401', '403', '413', '429', '503']);
+      for (const status of ['429', '503']) assert.equal(single[status].headers['Retry-After'].schema.type, 'integer', status);
+      assert.ok(paths['/api/transactions'].post.responses[413]);
+    });
+
     test('metrics are Prometheus text', async () => {
       await t.request({ method: 'GET', url: '/health/live', key: null });
       const r = await t.request({ method: 'GET', url: '/metrics', key: null });

@@ -20,15 +20,25 @@ export const ErrorResponse = Type.Object(
   { $id: 'ErrorResponse', description: 'error envelope' },
 );
 
+/** An error status that always carries `Retry-After` (seconds). */
+const withRetryAfter = (description: string) => ({
+  description,
+  headers: { 'Retry-After': { type: 'integer', minimum: 0, description: 'seconds to wait before retrying' } },
+  content: { 'application/json': { schema: ErrorResponse } },
+});
+
 /** Standard error responses, to spread into a route's `response` map. */
 export const errorResponses = {
   400: ErrorResponse,
   401: ErrorResponse,
   403: ErrorResponse,
   404: ErrorResponse,
-  429: ErrorResponse,
-  503: ErrorResponse,
+  429: withRetryAfter('rate limited'),
+  503: withRetryAfter('a dependency is down, or ingestion back-pressure'),
 } as const;
+
+/** The same for routes that take a body: 413 above their body limit. */
+export const bodyErrorResponses = { ...errorResponses, 413: ErrorResponse } as const;
 
 /** Input time: RFC 3339 string or epoch milliseconds. */
 export const TimeInput = Type.Union([Type.String({ minLength: 1, maxLength: 40 }), Type.Integer({ minimum: 0 })], {

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
-import { Cursor, ErrorResponse, Limit, NodeId, Paginated, StringEnum, errorResponses } from '../http/schemas.js';
+import { Cursor, ErrorResponse, Limit, NodeId, Paginated, StringEnum, bodyErrorResponses, errorResponses } from '../http/schemas.js';
 import { etagOf, parseIfMatch, type MetadataService } from './service.js';
 import { HistoryEntryView, NearbyNodeView, NodeInput, NodeStatusSchema, NodeTypeSchema, NodeView } from './schemas.js';
 
@@ -34,7 +34,7 @@ export function metadataRoutes(service: MetadataService): FastifyPluginAsyncType
           tags: ['metadata'],
           summary: 'create a node',
           body: NodeInput,
-          response: { 201: NodeView, ...errorResponses, 409: ErrorResponse, 413: ErrorResponse },
+          response: { 201: NodeView, ...bodyErrorResponses, 409: ErrorResponse },
         },
       },
       async (req, reply) => {
@@ -78,7 +78,7 @@ export function metadataRoutes(service: MetadataService): FastifyPluginAsyncType
           params: NodeParams,
           headers: Type.Object({ 'if-match': Type.Optional(Type.String({ description: '3, "3" or W/"3"; 412 when the node is at another version' })) }),
           body: MergePatch,
-          response: { 200: NodeView, ...errorResponses, 412: ErrorResponse, 413: ErrorResponse },
+          response: { 200: NodeView, ...bodyErrorResponses, 412: ErrorResponse },
         },
       },
       async (req, reply) => {

@@ -93,7 +93,13 @@ export function exportRoutes(infra: Infra, opts: ExportRouteOptions = {}): Fasti
             'Readings in [from, to) of the given nodes, ordered by (nodeId, timestamp), streamed at constant memory. ' +
             'CSV has a header row; NDJSON has one reading per line in API shape. Errors after the first byte end the response early.',
           querystring: ExportQuery,
-          response: { 200: { description: 'text/csv or application/x-ndjson stream', type: 'string' }, ...errorResponses },
+          response: {
+            200: {
+              description: 'the readings as a stream: CSV with a header row, or NDJSON with one reading per line',
+              content: { 'text/csv': { schema: { type: 'string' } }, 'application/x-ndjson': { schema: { type: 'string' } } },
+            },
+            ...errorResponses,
+          },
         },
       },
       async (req, reply) => {

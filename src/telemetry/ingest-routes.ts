@@ -2,7 +2,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import { Ajv } from 'ajv';
-import { NODE_ID_PATTERN, NodeId, StringEnum, TimeInput, errorResponses, ErrorResponse } from '../http/schemas.js';
+import { NODE_ID_PATTERN, NodeId, StringEnum, TimeInput, bodyErrorResponses, errorResponses, ErrorResponse } from '../http/schemas.js';
 import { HEALTH_STATUSES, MAX_MAGNITUDE, QUALITIES } from './validate.js';
 import { MAX_BATCH_READINGS, type TelemetryIngestService } from './ingest-service.js';
 
@@ -100,7 +100,8 @@ export function telemetryIngestRoutes(service: TelemetryIngestService): FastifyP
           summary: 'ingest one reading',
           params: Type.Object({ nodeId: NodeId }),
           body: ReadingSchema,
-          response: { 201: Type.Object({ stored: Type.Integer(), duplicates: Type.Integer() }), ...errorResponses },
+          // An unknown node is a hard error of the reading (400 UNKNOWN_NODE), as in a batch: no 404.
+          response: { 201: Type.Object({ stored: Type.Integer(), duplicates: Type.Integer() }), 400: bodyErrorResponses[400], 401: bodyErrorResponses[401], 403: bodyErrorResponses[403], 413: bodyErrorResponses[413], 429: bodyErrorResponses[429], 503: bodyErrorResponses[503] },
         },
       },
       async (req, reply) => {

@@ -48,7 +48,18 @@ export function telemetryQueryRoutes(service: TelemetryQueryService): FastifyPlu
           summary: 'bucketed aggregates (or raw readings) over a time range, from the coarsest exact rollup tier',
           params: Type.Object({ nodeId: NodeId }),
           querystring: HistoricalQuery,
-          response: { 200: HistoricalResponse, ...errorResponses },
+          response: {
+            200: {
+              description: 'buckets or a page of raw readings, as JSON (default) or CSV (`format=csv` or `Accept: text/csv`)',
+              headers: {
+                'X-Rollup-Tier': { type: 'string', description: 'the coarsest source the answer was computed from: raw, or a rollup tier (15m, 1h, 2h, 4h, 8h, 1d)' },
+                'X-Rollup-Sources': { type: 'string', description: 'every source that contributed, coarsest first, comma-separated' },
+                'X-Next-Cursor': { type: 'string', description: 'CSV pages of interval=raw: the cursor of the next page (JSON carries it as nextCursor)' },
+              },
+              content: { 'application/json': { schema: HistoricalResponse }, 'text/csv': { schema: { type: 'string' } } },
+            },
+            ...errorResponses,
+          },
         },
       },
       async (req, reply) => {

@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type, type Static, type TSchema } from 'typebox';
 import { decodeCursor, page } from '../http/cursor.js';
 import { badRequest, notFound } from '../http/errors.js';
-import { Cursor, Limit, NodeId, StringEnum, TimeInput, TimeQuery, errorResponses } from '../http/schemas.js';
+import { Cursor, Limit, NodeId, StringEnum, TimeInput, TimeQuery, bodyErrorResponses, errorResponses } from '../http/schemas.js';
 import { requireTime } from '../http/time.js';
 import { TRANSACTION_STATUSES, TRANSACTION_TYPES, type TransactionRecord, type TransactionType } from './canonical.js';
 import type { TransactionsService } from './service.js';
@@ -128,7 +128,7 @@ export function transactionsRoutes(service: TransactionsService): FastifyPluginA
           tags,
           summary: 'append a record (idempotent on transactionId)',
           body: CreateTransactionSchema,
-          response: { 200: TransactionRecordSchema, 201: TransactionRecordSchema, 409: errorResponses[400], ...errorResponses },
+          response: { 200: TransactionRecordSchema, 201: TransactionRecordSchema, 409: errorResponses[400], ...bodyErrorResponses },
         },
       },
       async (req, reply) => {
@@ -183,7 +183,7 @@ export function transactionsRoutes(service: TransactionsService): FastifyPluginA
           tags,
           summary: 'close the batch of records since the last anchor into a Merkle tree',
           body: Type.Optional(Type.Object({ toSequence: Type.Optional(Type.Integer({ minimum: 1 })) }, { additionalProperties: false })),
-          response: { 201: AnchorSchema, 409: errorResponses[400], ...errorResponses },
+          response: { 201: AnchorSchema, 409: errorResponses[400], ...bodyErrorResponses },
         },
         // The body is optional: a bare POST closes the batch up to the head.
         preValidation: async (req) => {
@@ -225,7 +225,7 @@ export function transactionsRoutes(service: TransactionsService): FastifyPluginA
             },
             { additionalProperties: false },
           ),
-          response: { 200: AnchorSchema, 409: errorResponses[400], ...errorResponses },
+          response: { 200: AnchorSchema, 409: errorResponses[400], ...bodyErrorResponses },
         },
       },
       async (req) => service.recordAnchorChain(req.params.anchorId.toLowerCase(), req.body),
