@@ -238,6 +238,38 @@ describe('rollup tiers and the refresher', () => {
     close(e.periods[0].heldSeconds, held(900_000), 'held with the new cap');
   });
 
+  test('an interval change in either direction recomputes the buckets only a hold reaches (no reading of their own)', async () => {
+    // The last reading before a 20-minute gap is at 17:25:45.658: with interval 60 s (cap 180 s) it
+    // holds until 17:28:45.658, with 120 s (cap 360 s) until 17:31:45.658, into the 17:30 bucket.
+    const rs: TestReading[] = [];
+    for (let ts = iso('2026-11-25T17:00:45.658Z'); ts <= iso('2026-11-25T17:25:45.658Z'); ts += 60_000) rs.push({ ts, powerKw: 8 + ((ts / 60_000) % 7) });
+    for (let ts = iso('2026-11-25T17:46:44.658Z'); ts < iso('2026-11-25T19:00:00Z'); ts += 60_000) rs.push({ ts, powerKw: -3 - ((ts / 60_000) % 5) });
+    const from = iso('2026-11-25T17:00:00Z');
+    const to = iso('2026-11-25T19:00:00Z');
+    const q = `from=2026-11-25T17:00:00Z&to=2026-11-25T19:00:00Z&interval=15m&agg=count,twa&fill=null`;
+    for (const [nodeId, first, second] of [['ru-cap-up', 60, 120], ['ru-cap-down', 120, 60]] as const) {
+      await putNode(t, { nodeId, telemetryIntervalSeconds: first });
+      await writeReadings(t.container.db.pool, nodeId, rs, first);
+      await t.container.jobs.runNow('rollup-refresh');
+      await putNode(t, { nodeId, telemetryIntervalSeconds: second });
+      await t.container.jobs.runNow('rollup-refresh');
+      const r = await get(nodeId, q);
+      assert.equal(r.statusCode, 200, r.body);
+      assert.equal(r.headers['x-rollup-tier'], '15m', nodeId);
+      const buckets = r.json().buckets as { start: string; count: number; powerKw: { twa: number | null } | null }[];
+      assert.equal(buckets.length, 8);
+      for (const [k, b] of buckets.entries()) {
+        const ref = reference(rs, 3 * second * 1000, from + k * Q, from + (k + 1) * Q);
+        assert.equal(b.count, ref.count, `${nodeId} ${b.start} count`);
+        close(b.powerKw?.twa ?? null, ref.twa, `${nodeId} ${b.start} twa`);
+      }
+      // The hour above them (its 15-minute children recomputed) agrees as well.
+      const h = await get(nodeId, 'from=2026-11-25T17:00:00Z&to=2026-11-25T18:00:00Z&interval=1h&agg=twa');
+      assert.equal(h.headers['x-rollup-tier'], '1h');
+      close(h.json().buckets[0].powerKw.twa, reference(rs, 3 * second * 1000, from, from + 3_600_000).twa, `${nodeId} hour twa`);
+    }
+  });
+
   test('the planner covers each period exactly once, coarsest tiers first, avoiding dirty buckets', () => {
     const day = 86_400_000;
     const periods = [{ start: iso('2026-01-01T18:30:00Z'), end: iso('2026-01-02T18:30:00Z') }, { start: iso('2026-01-02T18:30:00Z'), end: iso('2026-01-04T03:07:00Z') }];

@@ -263,7 +263,9 @@ export async function loadRollupCaps(q: Queryable): Promise<Map<string, number>>
 
 /**
  * Marks dirty every 15-minute bucket that a reading of the node can hold into under either cap,
- * and records the new cap: used when a node's telemetry interval changed.
+ * and records the new cap: used when a node's telemetry interval changed. A reading in bucket
+ * [s, s + 15 min) holds until before s + 15 min + cap, so every bucket starting before that is
+ * marked (including buckets with no reading of their own that only a hold reaches).
  */
 export async function markNodeForCapChange(q: Queryable, nodeId: string, oldCapSeconds: number, newCapSeconds: number): Promise<void> {
   const cap = Math.max(oldCapSeconds, newCapSeconds);
@@ -271,7 +273,7 @@ export async function markNodeForCapChange(q: Queryable, nodeId: string, oldCapS
     `INSERT INTO telemetry_dirty_buckets (node_id, bucket_start)
      SELECT DISTINCT $1::text, b
      FROM (SELECT DISTINCT date_bin('15 minutes', ts, TIMESTAMPTZ '2000-01-01T00:00:00Z') AS s FROM telemetry WHERE node_id = $1) x,
-          LATERAL generate_series(x.s, x.s + make_interval(secs => $2), interval '15 minutes') AS b
+          LATERAL generate_series(x.s, x.s + interval '15 minutes' + make_interval(secs => $2) - interval '1 microsecond', interval '15 minutes') AS b
      ON CONFLICT (node_id, bucket_start) DO UPDATE SET marked_at = clock_timestamp()`,
     [nodeId, cap],
   );
