@@ -134,12 +134,24 @@ export class TelemetryQueryService {
     const parts = { firstLast: aggs.includes('first') || aggs.includes('last'), times: fill === 'previous' || fill === 'linear', extras: false };
     const result = await this.deps.metrics.timeStore('telemetry_query', 'historical', () => aggregatePeriods(this.deps.db.readPool, node.nodeId, capMs, clipped, engineFields, parts));
     const maxGapMs = (input.maxGap ?? 3 * node.telemetryIntervalSeconds) * 1000;
-    const rows = buildBuckets(periods, clipped, result.partials.map((p) => p.fields), engineFields, fields, aggs, fill, maxGapMs);
+    // The gap rule looks past `to`: a bucket near the end of the range is filled according to the
+    // node's next reading, wherever the range happens to end.
+    const nextAfter = parts.times ? await this.nextReadingTime(node.nodeId, to) : Infinity;
+    const rows = buildBuckets(periods, clipped, result.partials.map((p) => p.fields), engineFields, fields, aggs, fill, maxGapMs, nextAfter);
 
     if (format === 'csv') return { tier: result.tier, sources: result.sources, format, body: toCsv(rows, fields, aggs, fill, fmt) };
     const head = { nodeId: node.nodeId, from: fmt(from), to: fmt(to), interval, tz };
     const tail = { fields: fields.map((f) => f.name), agg: aggs, fill };
     return { tier: result.tier, sources: result.sources, format, body: bucketsJson(head, rows, tail, fields, aggs, fmt) };
+  }
+
+  /** Measurement time of the node's first reading at or after `ts` (epoch ms), or Infinity. */
+  private async nextReadingTime(nodeId: string, ts: number): Promise<number> {
+    const { rows } = await this.deps.db.readPool.query<{ ts: number }>(
+      'SELECT (extract(epoch FROM ts) * 1000)::float8 AS ts FROM telemetry WHERE node_id = $1 AND ts >= $2 ORDER BY ts LIMIT 1',
+      [nodeId, new Date(ts).toISOString()],
+    );
+    return rows.length ? rows[0].ts : Infinity;
   }
 
   private async node(nodeId: string): Promise<{ nodeId: string; telemetryIntervalSeconds: number }> {
@@ -223,10 +235,12 @@ function aggValue(a: FieldAgg, agg: Agg): number | null {
 /**
  * Turns partials into answer buckets and applies the fill. A bucket has data when a reading
  * lies in it or a reading's hold reaches into it. `previous`/`linear` fill a missing value only
- * when the readings on either side of the bucket are at most `maxGapMs` apart (at the end of
- * the range, when the last reading is at most `maxGapMs` before the bucket's end).
+ * when the readings on either side of the bucket are at most `maxGapMs` apart; after the range's
+ * last reading the reading on the right is the node's next one at or after `to` (`nextAfter`),
+ * and when the node has none yet, the bucket's end stands for it (a value is carried at most
+ * `maxGapMs` past the newest reading).
  */
-export function buildBuckets(periods: readonly Period[], clipped: readonly { start: number; end: number }[], partials: FieldAgg[][], engineFields: readonly NumericField[], fields: readonly NumericField[], aggs: readonly Agg[], fill: Fill, maxGapMs: number): BucketRow[] {
+export function buildBuckets(periods: readonly Period[], clipped: readonly { start: number; end: number }[], partials: FieldAgg[][], engineFields: readonly NumericField[], fields: readonly NumericField[], aggs: readonly Agg[], fill: Fill, maxGapMs: number, nextAfter = Infinity): BucketRow[] {
   const pos = fields.map((f) => engineFields.indexOf(f));
   const all: (BucketRow & { hasData: boolean; firstTs: number; lastTs: number; end: number })[] = periods.map((p, i) => {
     const power = partials[i][0];
@@ -267,7 +281,7 @@ export function buildBuckets(periods: readonly Period[], clipped: readonly { sta
           continue;
         }
         if (prevIdx < 0 || !Number.isFinite(prevLast[i])) continue;
-        const right = Number.isFinite(nextFirst[i]) ? nextFirst[i] : all[i].end;
+        const right = Number.isFinite(nextFirst[i]) ? nextFirst[i] : Number.isFinite(nextAfter) ? nextAfter : all[i].end;
         if (right - prevLast[i] > maxGapMs) continue;
         if (fill === 'previous') {
           out[i].values[f][a] = all[prevIdx].values[f][a];
