@@ -93,7 +93,8 @@ function reference(args: { rows: Row[]; allRows?: Row[]; from: number; to: numbe
     for (let i = 1; i < inRange.length; i++) {
       const a = inRange[i - 1].ts;
       const b = inRange[i].ts;
-      if (b - a > tol) gaps.push({ start: a, end: b, missing: count((k) => a + k * I < b) });
+      // A silence that runs past now (a reading stamped ahead of the clock ends it): only its slots before now are missing yet.
+      if (b - a > tol) gaps.push({ start: a, end: b, missing: count((k) => a + k * I < Math.min(b, end)) });
     }
     const last = inRange[inRange.length - 1].ts;
     if (end - last > tol) gaps.push({ start: last, end, missing: count((k) => last + k * I < end) });
@@ -243,6 +244,23 @@ describe('data quality', () => {
     assert.equal(body.stale, false);
     assert.ok(body.expected === 30 || body.expected === 31);
     assert.deepEqual(body.gaps, []);
+  });
+
+  test('a reading stamped ahead of the clock: the silence before it counts as missing only the slots before now', async () => {
+    await addNode(t, 'q-ahead', 60);
+    const now = Date.now();
+    const rows = [...Array.from({ length: 9 }, (_, i) => ({ ts: now - 10 * MIN + i * MIN })), { ts: now + 4 * MIN }];
+    await insertRows(t, 'q-ahead', rows);
+    const before = Date.now();
+    const r = await quality('q-ahead', `from=${now - 10 * MIN}&to=${now + HOUR}`);
+    const afterMs = Date.now();
+    assert.equal(r.statusCode, 200, r.body);
+    const body = r.json() as Report;
+    const candidates = [before, afterMs].map((n) => reference({ rows, from: now - 10 * MIN, to: now + HOUR, now: n, intervalSeconds: 60, daily: [], nodeId: 'q-ahead' }));
+    assert.ok(candidates.some((c) => JSON.stringify(c) === JSON.stringify(pick(body))), `${JSON.stringify(pick(body))} vs ${JSON.stringify(candidates)}`);
+    // The silence runs from now − 2 min to now + 4 min; of its 5 slots only those before now (1 or 2) are missing.
+    assert.equal(body.gaps.length, 1);
+    assert.ok(body.gaps[0].missing <= 2, JSON.stringify(body.gaps));
   });
 
   test('more than 1000 gaps: the first 1000 are listed, gapCount has them all', async () => {

@@ -129,8 +129,9 @@ export class DataQualityService {
         gap(from, counts.firstMs, Math.floor((counts.firstMs - from) / intervalMs));
         gapCount++;
       }
-      // Between two readings (and after the last): the readings that would have come every interval after the earlier one.
-      for (const g of interior) gap(g.prevMs, g.nextMs, Math.ceil((g.nextMs - g.prevMs) / intervalMs) - 1);
+      // Between two readings (and after the last): the readings that would have come every interval
+      // after the earlier one, up to now (a reading stamped ahead of the clock can end a silence after now).
+      for (const g of interior) gap(g.prevMs, g.nextMs, Math.max(0, Math.ceil((Math.min(g.nextMs, end) - g.prevMs) / intervalMs) - 1));
       const lastMs = counts.lastMs as number;
       if (end - lastMs > toleranceMs) {
         gapCount++;
