@@ -4,6 +4,8 @@ import http from 'node:http';
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
+import { openExportStream } from '../src/telemetry/export-stream.js';
 import { createTestApp, KEYS, type TestApp } from './support/app.js';
 
 /** A reading as the test means it: API names, nulls for what the reading does not carry. */
@@ -505,6 +507,29 @@ describe('telemetry export over HTTP: big ranges, constant memory, client abort'
     const again = await t.request({ method: 'GET', url: `/api/telemetry/export?nodeIds=big-0&from=${START}&to=${START + 5000}`, key: KEYS.read });
     assert.equal(again.statusCode, 200);
     assert.equal(parseCsv(again.body).length, 6);
+  });
+
+  test('a client that stops reading is cut off after the stall time: its query ends and its connection returns', { timeout: 20_000 }, async () => {
+    const outcomes: string[] = [];
+    const pool = t.container.db.readPool;
+    const idle0 = pool.idleCount + (pool.totalCount - pool.idleCount);
+    const stream = await openExportStream(pool, { nodeIds: ['big-0'], from: START, to: START + PER_NODE * 1000, fields: ['powerKw'], format: 'csv' }, { stallMs: 300, onEnd: (o) => outcomes.push(o) });
+    // A consumer that takes the first chunk and never acknowledges it: the pipe stalls behind it.
+    let taken = 0;
+    stream.pipe(new Writable({ highWaterMark: 1, write: (_chunk, _enc, _cb) => void taken++ }));
+    await new Promise((r) => setTimeout(r, 150));
+    assert.equal(await exportActivity(), 1, 'the export is open while the consumer is slow but within the stall time');
+    await new Promise<void>((resolve) => stream.once('close', () => resolve()));
+    assert.equal(taken, 1);
+    for (let i = 0; i < 50 && outcomes.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(outcomes, ['stalled']);
+    let open_ = 1;
+    for (let i = 0; i < 50 && open_ > 0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      open_ = await exportActivity();
+    }
+    assert.equal(open_, 0, 'the stalled export query is still running');
+    assert.ok(pool.totalCount <= idle0 + 1);
   });
 
   test('clients that give up before the first byte leak no connection', async () => {

@@ -31,6 +31,8 @@ type ExportQueryT = Static<typeof ExportQuery>;
 export interface ExportRouteOptions {
   /** Exports running at once on this instance (each holds a database connection); above it 503 + Retry-After. */
   maxConcurrent?: number;
+  /** A client that takes nothing for this long is cut off (ms, default 60 s; see openExportStream). */
+  stallMs?: number;
 }
 
 /** Splits, checks and de-duplicates the node ids; sorted so the output order is (nodeId, timestamp). */
@@ -65,7 +67,7 @@ export function exportRoutes(infra: Infra, opts: ExportRouteOptions = {}): Fasti
   const maxConcurrent = opts.maxConcurrent ?? 4;
   let active = 0;
   const rowsExported = new Counter({ name: 'telemetry_export_rows_total', help: 'Readings written by exports', registers: [infra.metrics.registry] });
-  const exportsEnded = new Counter({ name: 'telemetry_exports_total', help: 'Exports by outcome (complete, aborted, failed)', labelNames: ['outcome'], registers: [infra.metrics.registry] });
+  const exportsEnded = new Counter({ name: 'telemetry_exports_total', help: 'Exports by outcome (complete, aborted, stalled, failed)', labelNames: ['outcome'], registers: [infra.metrics.registry] });
   new Gauge({
     name: 'telemetry_exports_active',
     help: 'Exports streaming now on this instance',
@@ -117,10 +119,12 @@ export function exportRoutes(infra: Infra, opts: ExportRouteOptions = {}): Fasti
         let stream;
         try {
           stream = await openExportStream(infra.db.readPool, { nodeIds, from, to, fields, format }, {
+            stallMs: opts.stallMs,
             onRows: (n) => rowsExported.inc(n),
             onEnd: (outcome, err) => {
               exportsEnded.inc({ outcome });
               if (outcome === 'failed') req.log.warn({ err }, 'export failed mid-stream');
+              if (outcome === 'stalled') req.log.info('export cut off: the client took nothing for the stall time');
             },
           });
         } catch (err) {

@@ -24,9 +24,16 @@ export interface ExportStreamOptions {
   chunkChars?: number;
   /** Called with the number of rows of every chunk produced. */
   onRows?(rows: number): void;
-  /** Called once when the export ends: `complete`, `aborted` (client gone) or `failed` (database error). */
-  onEnd?(outcome: 'complete' | 'aborted' | 'failed', err?: unknown): void;
+  /**
+   * A client that takes nothing for this long (ms, default 60 s) is cut off: the export ends as
+   * `stalled`, freeing its slot, its connection and the snapshot it holds open.
+   */
+  stallMs?: number;
+  /** Called once when the export ends: `complete`, `aborted` (client gone), `stalled` (client stopped reading) or `failed` (database error). */
+  onEnd?(outcome: ExportOutcome, err?: unknown): void;
 }
+
+export type ExportOutcome = 'complete' | 'aborted' | 'stalled' | 'failed';
 
 class ExportAborted extends Error {
   constructor() {
@@ -102,11 +109,13 @@ export async function openExportStream(pool: pg.Pool, plan: ExportPlan, opts: Ex
   let released = false;
   let completed = false;
   let ended = false;
+  let stalled = false;
   const end = (outcome: 'complete' | 'aborted' | 'failed', err?: unknown) => {
     if (ended) return;
     ended = true;
-    opts.onEnd?.(outcome, err);
+    opts.onEnd?.(stalled && outcome === 'aborted' ? 'stalled' : outcome, err);
   };
+  const stallMs = opts.stallMs ?? 60_000;
 
   async function* chunks(): AsyncGenerator<string> {
     let failure: unknown;
@@ -163,12 +172,22 @@ export async function openExportStream(pool: pg.Pool, plan: ExportPlan, opts: Ex
   const it = chunks();
   // Pull the first chunk before anything is sent, so a failure here is still an ordinary error response.
   const first = await it.next();
+  // Each chunk is handed over with a timer: the stream pulls the next one only once the client has
+  // taken enough of the last, so a generator left waiting at its yield for stallMs means a client
+  // that stopped reading (a slow one still pulls now and then).
+  let stallTimer: NodeJS.Timeout | undefined;
   async function* all(): AsyncGenerator<string> {
     try {
-      if (first.done) return;
-      yield first.value;
-      yield* it;
+      for (let r = first; !r.done; r = await it.next()) {
+        stallTimer = setTimeout(() => {
+          stalled = true;
+          stream.destroy();
+        }, stallMs);
+        yield r.value;
+        clearTimeout(stallTimer);
+      }
     } finally {
+      clearTimeout(stallTimer);
       await it.return(undefined);
     }
   }
