@@ -5,6 +5,7 @@ import { createTestApp, KEYS, type TestApp } from './support/app.js';
 import { insertNodes, minutesAgo } from './support/telemetry-nodes.js';
 import { GroupCommitWriter, PartitionCache, type WriteResult } from '../src/telemetry/writer.js';
 import type { IngestRow } from '../src/telemetry/validate.js';
+import { arrivalStamp } from '../src/telemetry/ingest-service.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -363,7 +364,7 @@ describe('telemetry ingestion (sync)', () => {
     const ts0 = Math.floor(minutesAgo(600) / 60_000) * 60_000;
     const results: WriteResult[] = [];
     const writer = new GroupCommitWriter(t.container.db, new PartitionCache(t.container.db), { afterCommit: async () => undefined, published: (r) => results.push(r) }, t.container.logger, { directRows: 3 });
-    const row = (nodeId: string, k: number, power: number): IngestRow => ({ nodeId, ts: ts0 + k * 60_000, receivedAt: Date.now() + Math.random(), values: [power, null, null, null, null, null, null, null, null, null, null], healthStatus: null, quality: null, extra: null, flags: 0, intervalS: 60 });
+    const row = (nodeId: string, k: number, power: number): IngestRow => ({ nodeId, ts: ts0 + k * 60_000, receivedAt: arrivalStamp(), values: [power, null, null, null, null, null, null, null, null, null, null], healthStatus: null, quality: null, extra: null, flags: 0, intervalS: 60 });
     const write = async (rows: IngestRow[]) => {
       const counts = await writer.submit(rows);
       await writer.drain();
@@ -381,7 +382,7 @@ describe('telemetry ingestion (sync)', () => {
     assert.deepEqual(r, { counts: { stored: 10, duplicates: 0 }, direct: false, conflict: false });
     // Newer keys only (plus an identical copy inside the write): direct.
     const fresh = rowsFor([5, 6, 7, 8, 9], (_id, k) => k);
-    r = await write([...fresh, { ...fresh[4], receivedAt: Date.now() + 0.5 }]);
+    r = await write([...fresh, { ...fresh[4], receivedAt: arrivalStamp() }]);
     assert.deepEqual(r, { counts: { stored: 10, duplicates: 1 }, direct: true, conflict: false });
     assert.deepEqual(await power(), expected);
     // Its dirty buckets, latest value and in-write copy are kept as on the staged path.
@@ -409,6 +410,42 @@ describe('telemetry ingestion (sync)', () => {
     expected.set('dw-1|-1', -1);
     assert.deepEqual(r, { counts: { stored: 5, duplicates: 0 }, direct: false, conflict: false });
     assert.deepEqual(await power(), expected);
+  });
+
+  test('last write wins by arrival: a version that arrived earlier but is applied later (an async reading behind a sync write) leaves the newer one, in telemetry and latest', async () => {
+    const { writeRows, BEGIN_WRITE } = await import('../src/telemetry/writer.js');
+    const ts0 = Math.floor(minutesAgo(500) / 60_000) * 60_000;
+    const row = (nodeId: string, k: number, power: number, receivedAt: number): IngestRow => ({ nodeId, ts: ts0 + k * 60_000, receivedAt, values: [power, null, null, null, null, null, null, null, null, null, null], healthStatus: null, quality: null, extra: null, flags: 0, intervalS: 60 });
+    await new PartitionCache(t.container.db).ensureDay(Math.floor(ts0 / 86_400_000));
+    const client = await t.container.db.pool.connect();
+    try {
+      // smallRows 1000: one statement with rows as JSON; 0: COPY into the staging table and upsert.
+      for (const [nodeId, smallRows] of [['lww-small', 1000], ['lww-staged', 0]] as const) {
+        const t1 = Date.now();
+        const t2 = t1 + 5;
+        await client.query(BEGIN_WRITE);
+        // The later arrival (t2) is applied first: key 0 = 3 and key 1 = 3 (key 1 is the node's newest).
+        let r = await writeRows(client, [row(nodeId, 0, 3, t2), row(nodeId, 1, 3, t2)], smallRows);
+        await client.query('COMMIT');
+        assert.equal(r.stored, 2);
+        // Then the earlier arrival (t1) with other values: it changes nothing.
+        await client.query(BEGIN_WRITE);
+        r = await writeRows(client, [row(nodeId, 0, 2, t1), row(nodeId, 1, 2, t1)], smallRows);
+        await client.query('COMMIT');
+        assert.deepEqual({ stored: r.stored, duplicates: r.duplicates, latest: r.latest.length }, { stored: 0, duplicates: 2, latest: 0 }, nodeId);
+        const { rows } = await t.container.db.pool.query<{ power_kw: number }>('SELECT power_kw FROM telemetry WHERE node_id = $1 ORDER BY ts', [nodeId]);
+        assert.deepEqual(rows.map((x) => x.power_kw), [3, 3], nodeId);
+        const { rows: lat } = await t.container.db.pool.query<{ p: number }>("SELECT (reading->>'powerKw')::float8 AS p FROM telemetry_latest WHERE node_id = $1", [nodeId]);
+        assert.equal(lat[0].p, 3, nodeId);
+        // A version that arrived later still replaces it.
+        await client.query(BEGIN_WRITE);
+        r = await writeRows(client, [row(nodeId, 1, 4, t2 + 1)], smallRows);
+        await client.query('COMMIT');
+        assert.deepEqual({ stored: r.stored, latest: r.latest.length }, { stored: 1, latest: 1 });
+      }
+    } finally {
+      client.release();
+    }
   });
 
   test('writer: concurrent flushes never share a node; versions of a key apply in arrival order', async () => {
@@ -441,7 +478,7 @@ describe('telemetry ingestion (sync)', () => {
         for (const id of mine) inFlight.delete(id);
       }
     };
-    const row = (nodeId: string, k: number, power: number): IngestRow => ({ nodeId, ts: ts0 + k * 1000, receivedAt: Date.now() + Math.random(), values: [power, null, null, null, null, null, null, null, null, null, null], healthStatus: null, quality: null, extra: null, flags: 0, intervalS: 60 });
+    const row = (nodeId: string, k: number, power: number): IngestRow => ({ nodeId, ts: ts0 + k * 1000, receivedAt: arrivalStamp(), values: [power, null, null, null, null, null, null, null, null, null, null], healthStatus: null, quality: null, extra: null, flags: 0, intervalS: 60 });
     // 60 submissions in one turn: each key gets 1, 2, 3, 2 (changes) and 2 again (an identical re-send).
     const expected = new Map<string, number>();
     const calls: Promise<{ stored: number; duplicates: number }>[] = [];
@@ -466,7 +503,7 @@ describe('telemetry ingestion (sync)', () => {
 
   test('while a flush runs, a few buffered readings wait for it and go together; enough start a parallel flush', async () => {
     const ts0 = minutesAgo(650);
-    const row = (nodeId: string, k: number): IngestRow => ({ nodeId, ts: ts0 + k * 1000, receivedAt: Date.now() + Math.random(), values: [k, null, null, null, null, null, null, null, null, null, null], healthStatus: null, quality: null, extra: null, flags: 0, intervalS: 60 });
+    const row = (nodeId: string, k: number): IngestRow => ({ nodeId, ts: ts0 + k * 1000, receivedAt: arrivalStamp(), values: [k, null, null, null, null, null, null, null, null, null, null], healthStatus: null, quality: null, extra: null, flags: 0, intervalS: 60 });
     const tick = () => new Promise((r) => setImmediate(r));
     const run = async (extraFlushRows: number, tag: string, later: number) => {
       const sizes: number[] = [];

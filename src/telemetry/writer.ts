@@ -66,21 +66,25 @@ const EPOCH_MS = (e: string) => `(extract(epoch FROM ${e}) * 1000)::float8`;
  * Upsert of `source` rows into telemetry. Sorted by key (byte order, the order the writer sends
  * them in, so the sort finds them presorted) so concurrent writers lock rows in the same order and
  * cannot deadlock. An identical re-send changes nothing and is not returned; a replacement sets
- * FLAG_CORRECTED on the row, which is how it is told from an insert.
+ * FLAG_CORRECTED on the row, which is how it is told from an insert. Last write wins by arrival:
+ * a row that arrived before the stored version of its key (an async reading applied after a later
+ * sync write of the key, or a race between instances) leaves the newer version in place and, like
+ * an identical re-send, is not returned.
  */
 function upsertSql(source: string): string {
   return `INSERT INTO telemetry AS t (${ROW_COLS}) SELECT ${ROW_COLS} FROM ${source} ORDER BY node_id COLLATE "C", ts
   ON CONFLICT (node_id, ts) DO UPDATE SET received_at = EXCLUDED.received_at, ${VALUE_COLS.map((c) => `${c} = EXCLUDED.${c}`).join(', ')},
     flags = EXCLUDED.flags | ${FLAG_CORRECTED}
-  WHERE (${VALUE_COLS.map((c) => `t.${c}`).join(', ')}) IS DISTINCT FROM (${VALUE_COLS.map((c) => `EXCLUDED.${c}`).join(', ')})
+  WHERE t.received_at <= EXCLUDED.received_at
+    AND (${VALUE_COLS.map((c) => `t.${c}`).join(', ')}) IS DISTINCT FROM (${VALUE_COLS.map((c) => `EXCLUDED.${c}`).join(', ')})
   RETURNING t.node_id, t.ts, t.flags`;
 }
 
 /**
  * telemetry_latest from the writer's candidates (per node, the final version of its newest key in
  * the write): moves forward in measurement time only; a changed reading at the same time replaces
- * it; an identical one changes nothing. Independent of the telemetry rows, so it can run in the
- * same statement as their upsert.
+ * it if it arrived no earlier (as in telemetry); an identical one changes nothing. Independent of
+ * the telemetry rows, so it can run in the same statement as their upsert.
  */
 function latestSql(param: string): string {
   return `INSERT INTO telemetry_latest AS l (node_id, ts, received_at, reading)
@@ -88,7 +92,7 @@ function latestSql(param: string): string {
   ORDER BY (e->>0) COLLATE "C"
   ON CONFLICT (node_id) DO UPDATE SET ts = EXCLUDED.ts, received_at = EXCLUDED.received_at, reading = EXCLUDED.reading,
     version = nextval('telemetry_latest_version_seq')
-  WHERE EXCLUDED.ts > l.ts OR (EXCLUDED.ts = l.ts AND EXCLUDED.reading IS DISTINCT FROM l.reading)
+  WHERE EXCLUDED.ts > l.ts OR (EXCLUDED.ts = l.ts AND EXCLUDED.received_at >= l.received_at AND EXCLUDED.reading IS DISTINCT FROM l.reading)
   RETURNING l.node_id, l.version`;
 }
 
