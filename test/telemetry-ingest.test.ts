@@ -156,11 +156,17 @@ describe('telemetry ingestion (sync)', () => {
   });
 
   test('non-finite numbers are rejected (1e999 parses to Infinity)', async () => {
-    const raw = `{"readings":[{"nodeId":"bat-1","timestamp":"${iso(minutesAgo(4))}","powerKw":1e999},{"nodeId":"bat-1","timestamp":"${iso(minutesAgo(4))}","powerKw":1,"temperatureC":-1e999}]}`;
+    const ts = iso(minutesAgo(4));
+    const raw = `{"readings":[{"nodeId":"bat-1","timestamp":"${ts}","powerKw":1e999},{"nodeId":"bat-1","timestamp":"${ts}","powerKw":1,"temperatureC":-1e999},` +
+      `{"nodeId":"bat-1","timestamp":"${ts}","powerKw":1,"extra":{"x":1e999}},{"nodeId":"bat-1","timestamp":"${ts}","powerKw":1,"extra":{"a/b":[1,{"c":-1e999}]}}]}`;
     const r = await t.request({ method: 'POST', url: '/api/telemetry/batch', payload: raw, headers: { 'content-type': 'application/json' }, key: KEYS.telemetry });
     assert.equal(r.statusCode, 400, r.body);
     assert.equal(r.json().error.code, 'NO_VALID_READINGS');
-    assert.deepEqual(r.json().error.details.map((d: { path: string }) => d.path), ['/readings/0/powerKw', '/readings/1/temperatureC']);
+    assert.deepEqual(r.json().error.details.map((d: { path: string }) => d.path), ['/readings/0/powerKw', '/readings/1/temperatureC', '/readings/2/extra/x', '/readings/3/extra/a~1b/1/c']);
+    // Inside extra on the single route too (JSON would otherwise store the value as null).
+    const one = await t.request({ method: 'POST', url: '/api/telemetry/bat-1', payload: `{"timestamp":"${ts}","powerKw":1,"extra":{"x":1e999}}`, headers: { 'content-type': 'application/json' }, key: KEYS.telemetry });
+    assert.equal(one.statusCode, 400, one.body);
+    assert.equal(one.json().error.details[0].path, '/extra/x');
   });
 
   test('a batch with no valid reading is a 400 with the envelope', async () => {
@@ -395,7 +401,7 @@ describe('telemetry ingestion (sync)', () => {
     // Another writer (another instance) wrote key 10 of both nodes meanwhile: for dw-1 the same
     // values (so ours is a duplicate), for dw-2 others (so ours corrects them).
     await t.container.db.pool.query(
-      `INSERT INTO telemetry (node_id, ts, received_at, power_kw, flags) VALUES ('dw-1', $1, now(), 10, 0), ('dw-2', $1, now(), -1, 0)`,
+      `INSERT INTO telemetry (node_id, ts, received_at, power_kw, flags) VALUES ('dw-1', $1, now() - interval '1 second', 10, 0), ('dw-2', $1, now() - interval '1 second', -1, 0)`,
       [new Date(ts0 + 10 * 60_000)],
     );
     r = await write(rowsFor([10, 11, 12], (_id, k) => k));

@@ -58,8 +58,10 @@ export async function writeReadings(pool: Queryable, nodeId: string, readings: r
   const capMs = 3 * intervalSeconds * 1000;
   const sql = `
     WITH ins AS (
-      INSERT INTO telemetry (node_id, ts, power_kw, voltage_v, frequency_hz, state_of_charge_pct, temperature_c, health_status)
-      SELECT $1, to_timestamp(t / 1000.0), p, v, f, s, c, h
+      INSERT INTO telemetry (node_id, ts, received_at, power_kw, voltage_v, frequency_hz, state_of_charge_pct, temperature_c, health_status)
+      -- Arrived a second ago: a correction sent through the service right after arrives later
+      -- (its arrival stamp has millisecond resolution; now() has microseconds).
+      SELECT $1, to_timestamp(t / 1000.0), now() - interval '1 second', p, v, f, s, c, h
       FROM unnest($2::float8[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::text[]) AS u(t, p, v, f, s, c, h)
       ON CONFLICT (node_id, ts) DO UPDATE SET power_kw = EXCLUDED.power_kw, voltage_v = EXCLUDED.voltage_v, frequency_hz = EXCLUDED.frequency_hz,
         state_of_charge_pct = EXCLUDED.state_of_charge_pct, temperature_c = EXCLUDED.temperature_c, health_status = EXCLUDED.health_status

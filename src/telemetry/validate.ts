@@ -248,7 +248,7 @@ export class ReadingValidator {
     let extra: string | null = null;
     if (extraValue !== undefined) {
       extra = JSON.stringify(extraValue);
-      if (UNSTORABLE_JSON.test(extra) || (extra.length > EXTRA_MAX_BYTES / 4 && Buffer.byteLength(extra) > EXTRA_MAX_BYTES)) return undefined;
+      if (UNSTORABLE_JSON.test(extra) || (extra.length > EXTRA_MAX_BYTES / 4 && Buffer.byteLength(extra) > EXTRA_MAX_BYTES) || nonFinitePath(extraValue, '') !== null) return undefined;
     }
     const info = this.ctx.node(nodeId);
     if (!info && !this.ctx.acceptUnknownNodes) return undefined;
@@ -286,6 +286,9 @@ export class ReadingValidator {
       if (extra.length > EXTRA_MAX_BYTES / 4 && Buffer.byteLength(extra) > EXTRA_MAX_BYTES) {
         return fail([{ path: `${prefix}/extra`, message: `must be at most ${EXTRA_MAX_BYTES} bytes as JSON` }], 'extra_size');
       }
+      // A number literal beyond float8 (1e999) parses to Infinity, which JSON would store as null.
+      const bad = nonFinitePath(r.extra, `${prefix}/extra`);
+      if (bad !== null) return fail([{ path: bad, message: 'must be a finite number' }], 'schema');
     }
 
     const info = this.ctx.node(nodeId);
@@ -319,6 +322,24 @@ function softFlags(info: { capacityKw: number } | undefined, powerKw: number, ts
   if (info && Math.abs(powerKw) > 1.1 * info.capacityKw) flags |= FLAG_OUT_OF_RANGE;
   if (now - ts > 3 * intervalS * 1000) flags |= FLAG_LATE;
   return flags;
+}
+
+/** JSON pointer of the first non-finite number inside `v` (below `path`), or null. */
+function nonFinitePath(v: unknown, path: string): string | null {
+  if (typeof v === 'number') return Number.isFinite(v) ? null : path;
+  if (typeof v !== 'object' || v === null) return null;
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) {
+      const p = nonFinitePath(v[i], `${path}/${i}`);
+      if (p !== null) return p;
+    }
+    return null;
+  }
+  for (const k in v) {
+    const p = nonFinitePath((v as Record<string, unknown>)[k], `${path}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`);
+    if (p !== null) return p;
+  }
+  return null;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
