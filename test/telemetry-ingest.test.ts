@@ -169,6 +169,27 @@ describe('telemetry ingestion (sync)', () => {
     assert.equal(one.json().error.details[0].path, '/extra/x');
   });
 
+  test('a "__proto__" key is an unknown field of its reading only (inside extra it is data); other readings of the batch are stored', async () => {
+    const ts = iso(minutesAgo(6));
+    const raw = `{"readings":[{"nodeId":"bat-2","timestamp":"${ts}","powerKw":1,"__proto__":{"x":1}},{"nodeId":"bat-2","timestamp":"${ts}","powerKw":2,"extra":{"__proto__":{"polluted":true}}}]}`;
+    const r = await t.request({ method: 'POST', url: '/api/telemetry/batch', payload: raw, headers: { 'content-type': 'application/json' }, key: KEYS.telemetry });
+    assert.equal(r.statusCode, 200, r.body);
+    assert.equal(r.json().stored, 1);
+    assert.deepEqual(r.json().rejected.map((x: { index: number; errors: { path: string }[] }) => [x.index, x.errors[0].path]), [[0, '/readings/0/__proto__']]);
+    const { rows } = await t.container.db.pool.query<{ extra: unknown }>('SELECT extra::text AS extra FROM telemetry WHERE node_id = $1 AND ts = $2', ['bat-2', ts]);
+    assert.equal(rows[0].extra, '{"__proto__": {"polluted": true}}');
+    assert.equal(({} as Record<string, unknown>).polluted, undefined);
+    // Invalid and empty JSON keep their answers.
+    for (const [payload, code] of [['{"readings":[', 'INVALID_JSON'], ['', 'INVALID_JSON']]) {
+      const bad = await t.request({ method: 'POST', url: '/api/telemetry/batch', payload, headers: { 'content-type': 'application/json' }, key: KEYS.telemetry });
+      assert.equal(bad.statusCode, 400, bad.body);
+      assert.equal(bad.json().error.code, code);
+    }
+    // Other routes keep Fastify's guard.
+    const meta = await t.request({ method: 'POST', url: '/api/metadata', payload: '{"__proto__":{"x":1}}', headers: { 'content-type': 'application/json' }, key: KEYS.admin });
+    assert.equal(meta.statusCode, 400, meta.body);
+  });
+
   test('a batch with no valid reading is a 400 with the envelope', async () => {
     const r = await post('/api/telemetry/batch', { readings: [{ nodeId: 'bat-1', powerKw: 1 }, { nodeId: 'ghost', timestamp: iso(minutesAgo(1)), powerKw: 1 }] });
     assert.equal(r.statusCode, 400);

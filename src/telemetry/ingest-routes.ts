@@ -1,4 +1,4 @@
-import type { FastifyPluginAsync } from 'fastify';
+import { errorCodes, type FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import { Ajv } from 'ajv';
@@ -57,6 +57,20 @@ const envelopeCheck = envelopeAjv.compile({
 
 export function telemetryIngestRoutes(service: TelemetryIngestService): FastifyPluginAsync {
   return async (fastify) => {
+    // Readings are parsed with plain JSON.parse, not Fastify's prototype-poisoning guard, which
+    // fails the whole request on a "__proto__" key: JSON.parse makes it an ordinary own property,
+    // so the reading that carries one is rejected alone as having an unknown field (or, inside
+    // `extra`, kept as data). Safe here: readings are validated field by field and never merged
+    // into other objects. Other routes keep the guard. (Scoped to this plugin.)
+    fastify.removeContentTypeParser('application/json');
+    fastify.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+      if ((body as string).length === 0) return done(new errorCodes.FST_ERR_CTP_EMPTY_JSON_BODY(), undefined);
+      try {
+        done(null, JSON.parse(body as string));
+      } catch {
+        done(new errorCodes.FST_ERR_CTP_INVALID_JSON_BODY(), undefined);
+      }
+    });
     const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
 
     app.post(
