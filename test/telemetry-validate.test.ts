@@ -32,6 +32,16 @@ describe('reading validation fast path', () => {
     for (const bad of ['2024-0a-01T00:00:00Z', '2024-01-01T00:00:00', '0999-01-01T00:00:00Z', '2024/01/01T00:00:00Z', '', 'x'.repeat(24)]) assert.equal(parseIsoFast(bad), undefined, bad);
   });
 
+  test('RFC 3339 fractions of any length are read (to the millisecond, truncated)', () => {
+    assert.equal(parseTime('2026-11-27T10:15:00.123456789012Z'), Date.UTC(2026, 10, 27, 10, 15, 0, 123));
+    assert.equal(parseTime('2026-11-27T10:15:00.9999999999999999+01:00'), Date.UTC(2026, 10, 27, 9, 15, 0, 999));
+    assert.equal(parseTime('2026-11-27T10:15:00.Z'), undefined);
+    const v = new ReadingValidator({ node: () => ({ capacityKw: 100, telemetryIntervalSeconds: 60 }) as never, acceptUnknownNodes: false, retentionDays: 30 });
+    const now = Date.UTC(2026, 10, 27, 12, 0, 0);
+    const row = v.checkBatchReading({ nodeId: 'n-1', timestamp: '2026-11-27T10:15:00.123456789012Z', powerKw: 1 }, 0, now) as IngestRow;
+    assert.equal(row.ts, Date.UTC(2026, 10, 27, 10, 15, 0, 123));
+  });
+
   test('check() (fast path first) gives exactly what the schema path gives, for valid and invalid readings', () => {
     const now = Date.UTC(2026, 10, 27, 12, 0, 0);
     const nodes = new Map([['n-1', { capacityKw: 100, telemetryIntervalSeconds: 60 }]]);

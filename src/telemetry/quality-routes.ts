@@ -15,8 +15,8 @@ const Time = Type.String({ description: 'RFC 3339 UTC' });
 
 export const DataQualityParams = Type.Object({ nodeId: NodeId });
 export const DataQualityQuery = Type.Object({
-  from: Type.Optional(Type.String({ minLength: 1, maxLength: 40, description: 'RFC 3339 or epoch ms; range start, inclusive (default: 24 h before to)' })),
-  to: Type.Optional(Type.String({ minLength: 1, maxLength: 40, description: 'RFC 3339 or epoch ms; range end, exclusive (default: now)' })),
+  from: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'RFC 3339 or epoch ms; range start, inclusive (default: 24 h before to)' })),
+  to: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'RFC 3339 or epoch ms; range end, exclusive (default: now)' })),
 });
 export const DataQualityResponse = Type.Object(
   {

@@ -87,7 +87,7 @@ const num = (extra: Record<string, unknown> = {}) => ({ type: 'number', minimum:
 
 function readingSchema(withNodeId: boolean): object {
   const properties: Record<string, object> = {
-    timestamp: { anyOf: [{ type: 'string', minLength: 1, maxLength: 40 }, { type: 'integer', minimum: 0 }] },
+    timestamp: { anyOf: [{ type: 'string', minLength: 1, maxLength: 64 }, { type: 'integer', minimum: 0 }] },
     powerKw: num(),
     reactivePowerKvar: num(),
     voltageV: num({ minimum: 0 }),
@@ -242,7 +242,7 @@ export class ReadingValidator {
     }
     if (nodeId === undefined || values[0] === null) return undefined;
     let ts: number | undefined;
-    if (typeof timestamp === 'string') ts = timestamp.length > 0 && timestamp.length <= 40 ? parseIsoFast(timestamp) ?? parseTime(timestamp) : undefined;
+    if (typeof timestamp === 'string') ts = timestamp.length > 0 && timestamp.length <= 64 ? parseIsoFast(timestamp) ?? parseTime(timestamp) : undefined;
     else if (typeof timestamp === 'number') ts = parseTime(timestamp);
     if (ts === undefined || ts > now + FUTURE_TOLERANCE_MS || ts < now - this.ctx.retentionDays * 86_400_000) return undefined;
     let extra: string | null = null;
