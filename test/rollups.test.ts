@@ -77,10 +77,11 @@ describe('rollup tiers and the refresher', () => {
                 k.n AS kn, k.sum AS ksum, k.min AS kmin, k.max AS kmax, k.first_v AS kfirst, k.last_v AS klast, k.integral AS kintegral, k.held AS kheld, k.exported_kwh AS kexp
          FROM ${coarse} c
          CROSS JOIN LATERAL (
-           SELECT sum(f.n)::int AS n, sum(f.sum) AS sum, min(f.min) AS min, max(f.max) AS max,
+           SELECT sum(f.n)::int AS n, sum(f.sum ORDER BY f.bucket_start) AS sum, min(f.min) AS min, max(f.max) AS max,
                   (array_agg(f.first_v ORDER BY f.bucket_start) FILTER (WHERE f.n > 0))[1] AS first_v,
                   (array_agg(f.last_v ORDER BY f.bucket_start DESC) FILTER (WHERE f.n > 0))[1] AS last_v,
-                  sum(f.integral) AS integral, sum(f.held) AS held, sum(f.exported_kwh) AS exported_kwh
+                  sum(f.integral ORDER BY f.bucket_start) AS integral, sum(f.held ORDER BY f.bucket_start) AS held,
+                  sum(f.exported_kwh ORDER BY f.bucket_start) AS exported_kwh
            FROM ${fine} f WHERE f.node_id = $1 AND f.field = c.field AND f.bucket_start >= c.bucket_start AND f.bucket_start < c.bucket_start + interval '${width}') k
          WHERE c.node_id = $1`,
         [nodeId],
@@ -89,9 +90,10 @@ describe('rollup tiers and the refresher', () => {
       for (const r of pairs) {
         const what = `${coarse} ${r.bucket_start.toISOString()} field ${r.field}`;
         assert.equal(r.n, r.kn, `${what} n`);
+        // The same doubles: children are summed in time order (ORDER BY bucket_start).
         for (const k of ['sum', 'min', 'max', 'first', 'last', 'integral', 'held', 'exp'] as const) {
           const own = k === 'first' ? r.first_v : k === 'last' ? r.last_v : k === 'exp' ? r.exported_kwh : r[k];
-          close(own, r[`k${k}`], `${what} ${k}`);
+          assert.equal(own, r[`k${k}`], `${what} ${k}`);
         }
       }
     }
@@ -146,6 +148,62 @@ describe('rollup tiers and the refresher', () => {
         close(x.powerKw.last, ref.last, `${q} last`);
       });
     }
+  });
+
+  test('raw and rollup answers are the same doubles: before the refresh, after it, with a few buckets dirty, and with the rollups\' cap stale', async () => {
+    const nodeId = 'ru-ident';
+    await putNode(t, { nodeId, telemetryIntervalSeconds: 60 });
+    // Irregular times, values with many significant digits, gaps longer than the cap, a null field.
+    const rand = rng(7);
+    const rs: TestReading[] = [];
+    for (let ts = iso('2026-11-22T00:00:07.123Z'); ts < iso('2026-11-25T06:00:00Z'); ts += 20_000 + Math.floor(rand() * 70_000)) {
+      if (rand() < 0.01) ts += 600_000;
+      rs.push({ ts, powerKw: (rand() - 0.4) * 1234.56789, voltageV: rand() < 0.1 ? null : 390 + rand() * 20.123 });
+    }
+    await writeReadings(t.container.db.pool, nodeId, rs, 60);
+    const { aggregatePeriods } = await import('../src/telemetry/query-engine.js');
+    const { intervalPeriods } = await import('../src/telemetry/buckets.js');
+    const { FIELD_BY_NAME } = await import('../src/telemetry/rollup-fields.js');
+    const fields = ['powerKw', 'voltageV'].map((n) => FIELD_BY_NAME.get(n)!);
+    const from = iso('2026-11-22T00:00:00Z');
+    const to = iso('2026-11-25T06:00:00Z');
+    const shapes: [string, string][] = [['1h', 'UTC'], ['1d', 'UTC'], ['1d', 'Europe/Berlin'], ['30m', 'Asia/Kathmandu'], ['1w', 'America/New_York'], ['15m', 'UTC']];
+    const answers = async () => {
+      const out: unknown[] = [];
+      for (const [interval, tz] of shapes) {
+        const periods = intervalPeriods(interval as never, tz, from, to).map((p) => ({ start: Math.max(p.start, from), end: Math.min(p.end, to) }));
+        const r = await aggregatePeriods(t.container.db.pool, nodeId, 180_000, periods, fields);
+        out.push({ interval, tz, sources: r.sources, partials: r.partials });
+      }
+      return out;
+    };
+    const partialsOf = (xs: unknown[]) => xs.map((x) => (x as { partials: unknown }).partials);
+    const fromRaw = await answers();
+    assert.ok(fromRaw.every((x) => (x as { sources: string[] }).sources.join() === 'raw'), 'every bucket is dirty before the refresh');
+    await t.container.jobs.runNow('rollup-refresh');
+    const fromTiers = await answers();
+    assert.ok(fromTiers.some((x) => (x as { sources: string[] }).sources.includes('1d')));
+    assert.deepStrictEqual(partialsOf(fromTiers), partialsOf(fromRaw));
+    // A few dirty buckets: their units are computed from below, the rest read as rows.
+    await t.container.db.pool.query(
+      `INSERT INTO telemetry_dirty_buckets (node_id, bucket_start) VALUES ($1, '2026-11-23T05:15:00Z'), ($1, '2026-11-23T17:45:00Z'), ($1, '2026-11-24T00:00:00Z')`,
+      [nodeId],
+    );
+    const mixed = await answers();
+    assert.ok(mixed.some((x) => (x as { sources: string[] }).sources.includes('raw') && (x as { sources: string[] }).sources.includes('8h')));
+    assert.deepStrictEqual(partialsOf(mixed), partialsOf(fromRaw));
+    // Rollups built with another cap serve nothing: every unit from raw 15-minute buckets.
+    await t.container.db.pool.query('UPDATE telemetry_rollup_state SET cap_seconds = 999 WHERE node_id = $1', [nodeId]);
+    const stale = await answers();
+    assert.ok(stale.every((x) => (x as { sources: string[] }).sources.join() === 'raw'));
+    assert.deepStrictEqual(partialsOf(stale), partialsOf(fromRaw));
+    await t.container.db.pool.query('UPDATE telemetry_rollup_state SET cap_seconds = 180 WHERE node_id = $1', [nodeId]);
+    // Migration 011 recomposes existing rows the same way: running it again changes none of them.
+    const rows = async () => (await t.container.db.pool.query(`SELECT to_json(r)::text AS r FROM (SELECT '1h' AS t, * FROM telemetry_rollup_1h WHERE node_id = $1 UNION ALL SELECT '1d', * FROM telemetry_rollup_1d WHERE node_id = $1 UNION ALL SELECT '8h', * FROM telemetry_rollup_8h WHERE node_id = $1) r ORDER BY 1`, [nodeId])).rows.map((r) => r.r as string).sort();
+    const before011 = await rows();
+    const sql011 = readFileSync(new URL('../migrations/011_rollup_ordered_sums.sql', import.meta.url), 'utf8');
+    await t.container.db.pool.query(sql011.slice(sql011.indexOf('DO $$')));
+    assert.deepEqual(await rows(), before011);
   });
 
   test('a mark set again while the refresher computes survives, and the next run picks it up', async () => {

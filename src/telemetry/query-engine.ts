@@ -2,6 +2,15 @@
  * Exact aggregation of one node's telemetry over arbitrary half-open periods, from the coarsest
  * rollup tiers that answer each part exactly, with raw readings for what no tier covers (edges
  * off the 15-minute grid, buckets marked dirty since their last refresh, 1- and 5-minute buckets).
+ *
+ * Sums are floating point, so their value depends on the order of the additions. Every answer
+ * adds in one canonical order, whichever source serves each part: a period is the fold, in time
+ * order, of its canonical units (the coarsest aligned tier units, finer at its edges, raw pieces
+ * off the 15-minute grid); a unit is its tier row, or, when the row cannot serve (dirty, or the
+ * rollups' cap differs), the fold in time order of its child units down to 15-minute buckets
+ * computed from raw readings, which is how the refresher builds the rows (the SQL composition
+ * sums children ORDER BY bucket_start). Raw and rollup answers are therefore the same doubles,
+ * not just close ones.
  */
 import type { Queryable } from '../db/pool.js';
 import { accumulate, emptyAgg, emptyExtras, mergeAgg, mergeExtras, mergeRanges, type PeriodPartial } from './rollup-compute.js';
@@ -98,34 +107,124 @@ export async function aggregatePeriods(
   opts: Partial<AggParts> = {},
 ): Promise<AggregateResult> {
   if (fields[0] !== POWER) throw new Error('aggregatePeriods: powerKw must be the first field');
-  const partials: PeriodPartial[] = periods.map(() => ({ fields: fields.map(emptyAgg), extras: emptyExtras() }));
-  if (periods.length === 0) return { tier: 'raw', sources: [], partials };
+  if (periods.length === 0) return { tier: 'raw', sources: [], partials: [] };
   const lo = Math.floor(periods[0].start / QUARTER) * QUARTER;
   const hi = periods[periods.length - 1].end;
   const state = await loadDirtyState(q, nodeId, lo, hi);
   const useRollups = state.capSeconds === null || state.capSeconds * 1000 === capMs;
-  const { pieces, raw } = planPieces(periods, state.dirty, useRollups);
+  const tree = canonicalTree(periods, state.dirty, useRollups);
 
   const fieldIndex = new Map(fields.map((f, i) => [f.code, i]));
   const parts: AggParts = { firstLast: opts.firstLast ?? true, times: opts.times ?? true, extras: opts.extras ?? true };
-  await addTierAggregates(q, nodeId, fields.map((f) => f.code), pieces, partials, fieldIndex, parts);
+  // Each tier slot takes its row's aggs as they are (fields null until then; empty where no row);
+  // raw slots are filled below.
+  const slots: PeriodPartial[] = new Array<PeriodPartial>(tree.slots);
+  // Without extras the rows carry none (rowColumns), so the slots share one empty record, never written.
+  const noExtras = emptyExtras();
+  for (const u of tree.units) slots[u.idx] = { fields: new Array(fields.length).fill(null), extras: parts.extras ? emptyExtras() : noExtras };
+  await addTierAggregates(q, nodeId, fields.map((f) => f.code), tree.units, slots, fieldIndex, parts);
+  for (const u of tree.units) {
+    const fs = slots[u.idx].fields;
+    for (let f = 0; f < fs.length; f++) fs[f] ??= emptyAgg();
+  }
 
-  if (raw.length > 0) {
-    raw.sort((a, b) => a.lo - b.lo);
+  if (tree.raw.length > 0) {
+    const raw = [...tree.raw].sort((a, b) => a.lo - b.lo);
     const ranges = mergeRanges(raw.map((r) => ({ lo: r.lo - capMs, hi: r.hi })), 0);
     const readings = await loadReadings(q, nodeId, fields, ranges);
     const rawPartials = accumulate(readings, raw.map((r) => ({ start: r.lo, end: r.hi })), capMs, 0);
-    raw.forEach((r, i) => {
-      const target = partials[r.idx];
-      rawPartials[i].fields.forEach((a, f) => mergeAgg(target.fields[f], a));
-      mergeExtras(target.extras, rawPartials[i].extras);
-    });
+    raw.forEach((r, i) => (slots[r.idx] = rawPartials[i]));
   }
 
-  const used = new Set<Tier | 'raw'>(pieces.map((p) => p.tier));
-  if (raw.length > 0) used.add('raw');
+  const partials = tree.periods.map((nodes) => fold(nodes, slots, fields.length));
+
+  const used = new Set<Tier | 'raw'>(tree.units.map((p) => p.tier));
+  if (tree.raw.length > 0) used.add('raw');
   const sources = ([...LEVELS, 'raw'] as const).filter((t) => used.has(t));
   return { tier: sources[0] ?? 'raw', sources, partials };
+}
+
+/** A node of a period's evaluation tree: a slot (a tier row or a raw piece) or the fold of its children, in time order. */
+export type EvalNode = number | EvalNode[];
+
+export interface CanonicalTree {
+  /** Per period, its top-level nodes in time order. */
+  periods: EvalNode[][];
+  /** Tier rows to read, one unit each; `idx` is the unit's slot. */
+  units: TierPiece[];
+  /** Raw pieces to compute from readings; `idx` is the piece's slot. */
+  raw: RawPiece[];
+  /** Number of slots. */
+  slots: number;
+}
+
+/**
+ * Each period's canonical units (see the module comment), and how each is served: its tier row
+ * when it is clean and the rollups' cap is the node's, else its children (down to 15-minute
+ * buckets from raw). `dirty` are sorted 15-minute bucket starts.
+ */
+export function canonicalTree(periods: readonly { start: number; end: number }[], dirty: readonly number[], useRollups: boolean): CanonicalTree {
+  const units: TierPiece[] = [];
+  const raw: RawPiece[] = [];
+  let slots = 0;
+  const clean = (a: number, b: number) => {
+    const k = lowerBound(dirty, a);
+    return k >= dirty.length || dirty[k] >= b;
+  };
+  const unit = (level: number, lo: number): EvalNode => {
+    const tier = LEVELS[level];
+    const hi = lo + TIER_MS[tier];
+    if (useRollups && clean(lo, hi)) {
+      units.push({ tier, lo, hi, idx: slots });
+      return slots++;
+    }
+    if (level === LEVELS.length - 1) {
+      raw.push({ lo, hi, idx: slots });
+      return slots++;
+    }
+    const children: EvalNode[] = [];
+    for (let c = lo; c < hi; c += TIER_MS[LEVELS[level + 1]]) children.push(unit(level + 1, c));
+    return children;
+  };
+  const decompose = (a: number, b: number, level: number, out: EvalNode[]): void => {
+    if (a >= b) return;
+    if (level >= LEVELS.length) {
+      raw.push({ lo: a, hi: b, idx: slots });
+      out.push(slots++);
+      return;
+    }
+    const g = TIER_MS[LEVELS[level]];
+    const A = Math.ceil(a / g) * g;
+    const B = Math.floor(b / g) * g;
+    if (A >= B) {
+      decompose(a, b, level + 1, out);
+      return;
+    }
+    decompose(a, A, level + 1, out);
+    for (let t = A; t < B; t += g) out.push(unit(level, t));
+    decompose(B, b, level + 1, out);
+  };
+  const out = periods.map((p) => {
+    const nodes: EvalNode[] = [];
+    decompose(p.start, p.end, 0, nodes);
+    return nodes;
+  });
+  return { periods: out, units, raw, slots };
+}
+
+/**
+ * The fold of `nodes` in order, each node a slot or the fold of its own children. A lone slot is
+ * its own fold (adding it to an empty partial changes no value), so it is returned as it is.
+ */
+function fold(nodes: readonly EvalNode[], slots: readonly PeriodPartial[], nf: number): PeriodPartial {
+  if (nodes.length === 1 && typeof nodes[0] === 'number') return slots[nodes[0]];
+  const acc: PeriodPartial = { fields: Array.from({ length: nf }, emptyAgg), extras: emptyExtras() };
+  for (const n of nodes) {
+    const v = typeof n === 'number' ? slots[n] : fold(n, slots, nf);
+    for (let f = 0; f < nf; f++) mergeAgg(acc.fields[f], v.fields[f]);
+    mergeExtras(acc.extras, v.extras);
+  }
+  return acc;
 }
 
 /** Rounds to 12 significant digits: tiers sum in a different order than raw, which differs only in the last bits. */

@@ -1,6 +1,6 @@
 /** SQL of rollups: raw reading loads, dirty marks, tier reads and the refresher's writes. */
 import type { Queryable } from '../db/pool.js';
-import { emptyAgg, mergeAgg, type FieldAgg, type PeriodPartial, type PowerExtras, type ReadingColumns } from './rollup-compute.js';
+import { mergeAgg, type FieldAgg, type PeriodPartial, type PowerExtras, type ReadingColumns } from './rollup-compute.js';
 import { NUMERIC_FIELDS, type NumericField } from './rollup-fields.js';
 
 /** Rollup tiers above raw, finest first. */
@@ -149,7 +149,8 @@ function statementName(text: string): string {
 
 /**
  * Reads the rollup rows under `pieces` (any tiers) in one statement and folds them into
- * `partials[idx]`; `fieldIndex` maps a field code to its index in the partial's field list.
+ * `partials[idx]`; `fieldIndex` maps a field code to its index in the partial's field list. A
+ * field may be null in a partial: its first row is then stored as it is.
  * What `parts` leaves out stays unknown in the partials: first and last values and times NaN
  * (where rollups serve), extras 0.
  *
@@ -208,7 +209,10 @@ export async function addTierAggregates(q: Queryable, nodeId: string, fieldCodes
     const f = fieldIndex.get(r[2]);
     if (idx === undefined || idx < 0 || f === undefined) continue;
     const part = partials[idx];
-    mergeRowInto(part.fields[f], r);
+    // A field still null takes the row's agg as it is (what merging it into an empty one gives).
+    const own = part.fields[f] as FieldAgg | null;
+    if (own === null) part.fields[f] = rowAgg(r);
+    else mergeAgg(own, rowAgg(r));
     if (r[13] !== null) {
       part.extras.exportedKwh += r[13];
       part.extras.importedKwh += r[14] ?? 0;
@@ -217,21 +221,25 @@ export async function addTierAggregates(q: Queryable, nodeId: string, fieldCodes
   }
 }
 
-function mergeRowInto(a: FieldAgg, r: AggRow): void {
-  const b = emptyAgg();
-  b.n = r[3];
-  b.sum = r[4];
-  if (b.n > 0) {
-    b.min = r[5] as number;
-    b.max = r[6] as number;
-    b.firstV = r[7] ?? NaN;
-    b.firstTs = r[8] ?? NaN;
-    b.lastV = r[9] ?? NaN;
-    b.lastTs = r[10] ?? NaN;
-  }
-  b.integral = r[11];
-  b.held = r[12];
-  mergeAgg(a, b);
+/**
+ * One row as a FieldAgg, built whole (one object literal whose fields are numbers from the start,
+ * not an empty agg assigned to afterwards). Values left out of the read (null) are those of an
+ * empty agg, so merging the result anywhere equals merging the row.
+ */
+function rowAgg(r: AggRow): FieldAgg {
+  const has = r[3] > 0;
+  return {
+    n: r[3],
+    sum: r[4],
+    min: has ? (r[5] as number) : Infinity,
+    max: has ? (r[6] as number) : -Infinity,
+    firstV: has ? (r[7] ?? NaN) : NaN,
+    firstTs: has ? (r[8] ?? Infinity) : Infinity,
+    lastV: has ? (r[9] ?? NaN) : NaN,
+    lastTs: has ? (r[10] ?? -Infinity) : -Infinity,
+    integral: r[11],
+    held: r[12],
+  };
 }
 
 /** A dirty mark as read by the refresher: `markedAt` is PostgreSQL's exact text, compared on delete. */
@@ -352,14 +360,20 @@ export async function writeRefreshedBuckets(q: Queryable, nodeId: string, marks:
   );
 }
 
-/** Inserts the `tier` buckets starting at `list` of one node, composed from the `source` tier's rows under them. */
+/**
+ * Inserts the `tier` buckets starting at `list` of one node, composed from the `source` tier's rows
+ * under them. Floating-point sums add the children in time order (ORDER BY bucket_start), the order
+ * in which queries fold the same children when they compute a unit from below (query-engine.ts),
+ * so a row and its computation from raw readings are the same doubles.
+ */
 async function composeTier(q: Queryable, nodeId: string, tier: Tier, source: Tier, list: string[]): Promise<void> {
   await q.query(
     `INSERT INTO ${TIER_TABLE[tier]} (node_id, field, bucket_start, n, sum, min, max, first_v, first_ts, last_v, last_ts, integral, held, exported_kwh, imported_kwh, available_s)
-     SELECT r.node_id, r.field, c.s, sum(r.n), sum(r.sum), min(r.min), max(r.max),
+     SELECT r.node_id, r.field, c.s, sum(r.n), sum(r.sum ORDER BY r.bucket_start), min(r.min), max(r.max),
             (array_agg(r.first_v ORDER BY r.bucket_start) FILTER (WHERE r.n > 0))[1], min(r.first_ts),
             (array_agg(r.last_v ORDER BY r.bucket_start DESC) FILTER (WHERE r.n > 0))[1], max(r.last_ts),
-            sum(r.integral), sum(r.held), sum(r.exported_kwh), sum(r.imported_kwh), sum(r.available_s)
+            sum(r.integral ORDER BY r.bucket_start), sum(r.held ORDER BY r.bucket_start), sum(r.exported_kwh ORDER BY r.bucket_start),
+            sum(r.imported_kwh ORDER BY r.bucket_start), sum(r.available_s ORDER BY r.bucket_start)
      FROM unnest($2::timestamptz[]) AS c(s)
      CROSS JOIN LATERAL (SELECT * FROM ${TIER_TABLE[source]} x
                          WHERE x.node_id = $1 AND x.field = ANY($3::smallint[]) AND x.bucket_start >= c.s AND x.bucket_start < c.s + make_interval(secs => ${TIER_MS[tier] / 1000}) OFFSET 0) r
