@@ -115,7 +115,7 @@ for (const backend of backends()) {
       assert.ok(historical[200].headers['X-Rollup-Tier']);
       assert.deepEqual(Object.keys(paths['/api/telemetry/export'].get.responses[200].content).sort(), ['application/x-ndjson', 'text/csv']);
       const single = paths['/api/telemetry/{nodeId}'].post.responses;
-      assert.deepEqual(Object.keys(single).sort(), ['201', '400', '401', '403', '413', '429', '503']);
+      assert.deepEqual(Object.keys(single).sort(), ['201', '400', '401', '403', '413', '415', '429', '503']);
       for (const status of ['429', '503']) assert.equal(single[status].headers['Retry-After'].schema.type, 'integer', status);
       assert.ok(paths['/api/transactions'].post.responses[413]);
     });

@@ -37,8 +37,8 @@ export const errorResponses = {
   503: withRetryAfter('a dependency is down, or ingestion back-pressure'),
 } as const;
 
-/** The same for routes that take a body: 413 above their body limit. */
-export const bodyErrorResponses = { ...errorResponses, 413: ErrorResponse } as const;
+/** The same for routes that take a body: 413 above their body limit, 415 for a body that is not JSON. */
+export const bodyErrorResponses = { ...errorResponses, 413: ErrorResponse, 415: ErrorResponse } as const;
 
 /** Input time: RFC 3339 string or epoch milliseconds. */
 export const TimeInput = Type.Union([Type.String({ minLength: 1, maxLength: 64 }), Type.Integer({ minimum: 0 })], {

@@ -2,7 +2,7 @@ import { errorCodes, type FastifyPluginAsync } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import { Ajv } from 'ajv';
-import { NODE_ID_PATTERN, NodeId, StringEnum, TimeInput, bodyErrorResponses, errorResponses, ErrorResponse } from '../http/schemas.js';
+import { NODE_ID_PATTERN, NodeId, StringEnum, TimeInput, bodyErrorResponses, errorResponses } from '../http/schemas.js';
 import { HEALTH_STATUSES, MAX_MAGNITUDE, QUALITIES } from './validate.js';
 import { MAX_BATCH_READINGS, type TelemetryIngestService } from './ingest-service.js';
 
@@ -88,8 +88,7 @@ export function telemetryIngestRoutes(service: TelemetryIngestService): FastifyP
           response: {
             200: Type.Object({ stored: Type.Integer(), duplicates: Type.Integer(), rejected: Rejected }),
             202: Type.Object({ queued: Type.Integer(), rejected: Rejected }),
-            413: ErrorResponse,
-            ...errorResponses,
+            ...bodyErrorResponses,
           },
         },
       },
@@ -115,7 +114,7 @@ export function telemetryIngestRoutes(service: TelemetryIngestService): FastifyP
           params: Type.Object({ nodeId: NodeId }),
           body: ReadingSchema,
           // An unknown node is a hard error of the reading (400 UNKNOWN_NODE), as in a batch: no 404.
-          response: { 201: Type.Object({ stored: Type.Integer(), duplicates: Type.Integer() }), 400: bodyErrorResponses[400], 401: bodyErrorResponses[401], 403: bodyErrorResponses[403], 413: bodyErrorResponses[413], 429: bodyErrorResponses[429], 503: bodyErrorResponses[503] },
+          response: { 201: Type.Object({ stored: Type.Integer(), duplicates: Type.Integer() }), 400: bodyErrorResponses[400], 401: bodyErrorResponses[401], 403: bodyErrorResponses[403], 413: bodyErrorResponses[413], 415: bodyErrorResponses[415], 429: bodyErrorResponses[429], 503: bodyErrorResponses[503] },
         },
       },
       async (req, reply) => {
