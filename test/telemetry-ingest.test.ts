@@ -135,6 +135,9 @@ describe('telemetry ingestion (sync)', () => {
       // Finite but beyond any measurement: sums and integrals over them would overflow float8.
       [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1.7976931348623157e308 }, '/powerKw'],
       [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, currentA: -2e12 }, '/currentA'],
+      // Below absolute zero; a negative speed.
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, temperatureC: -300 }, '/temperatureC'],
+      [{ nodeId: 'bat-1', timestamp: ts, powerKw: 1, windSpeedMs: -0.5 }, '/windSpeedMs'],
     ];
     const valid = { nodeId: 'bat-1', timestamp: iso(minutesAgo(3)), powerKw: 7 };
     const r = await post('/api/telemetry/batch', { readings: [valid, ...bad.map(([b]) => b)] });
@@ -196,6 +199,12 @@ describe('telemetry ingestion (sync)', () => {
     const e = r.json().error;
     assert.equal(e.code, 'NO_VALID_READINGS');
     assert.deepEqual(e.details.map((d: { path: string }) => d.path), ['/readings/0/timestamp', '/readings/1/nodeId']);
+    assert.equal(e.message, 'none of the 2 readings is valid');
+    // More problems than are listed: the message says so.
+    const many = await post('/api/telemetry/batch', { readings: Array.from({ length: 1200 }, () => ({ nodeId: 'bat-1', powerKw: 1 })) });
+    assert.equal(many.statusCode, 400);
+    assert.equal(many.json().error.details.length, 1000);
+    assert.equal(many.json().error.message, 'none of the 1200 readings is valid (the first 1000 of 1200 problems are listed)');
   });
 
   test('bad batch envelopes: 400, and 413 above the body limit', async () => {

@@ -15,6 +15,9 @@ export const TELEMETRY_LATEST_CHANNEL = 'telemetry.latest';
 /** Pub/sub channel: readings were written. Message per write: JSON array of { nodeId, from, to } (epoch ms, half-open). */
 export const TELEMETRY_CHANGED_CHANNEL = 'telemetry.changed';
 
+/** Problems listed in the details of a batch none of whose readings is valid. */
+const MAX_LISTED_PROBLEMS = 1000;
+
 /** Largest batch the contract allows. */
 export const MAX_BATCH_READINGS = 10_000;
 
@@ -115,8 +118,12 @@ export class TelemetryIngestService {
     }
     if (rows.length === 0) {
       const details: ErrorDetail[] = [];
-      for (const rej of rejected) for (const e of rej.errors) if (details.length < 1000) details.push(e);
-      throw badRequest(`none of the ${readings.length} readings is valid`, details, 'NO_VALID_READINGS');
+      let problems = 0;
+      for (const rej of rejected) {
+        for (const e of rej.errors) if (problems++ < MAX_LISTED_PROBLEMS) details.push(e);
+      }
+      const listed = problems > MAX_LISTED_PROBLEMS ? ` (the first ${MAX_LISTED_PROBLEMS} of ${problems} problems are listed)` : '';
+      throw badRequest(`none of the ${readings.length} readings is valid${listed}`, details, 'NO_VALID_READINGS');
     }
     return { rows, rejected };
   }
