@@ -51,37 +51,43 @@ function lowerBound(xs: readonly number[], v: number): number {
  * Splits periods into tier pieces and raw pieces: each period is covered by the coarsest
  * aligned tier ranges free of dirty buckets, recursively finer at its edges and around dirty
  * buckets, and raw readings for what is left. `dirty` are sorted 15-minute bucket starts;
- * `levels` the tiers to plan with, coarsest first (default: all of them).
+ * `levels` the tiers to plan with, coarsest first (default: all of them). The canonical tree's
+ * slots in time order, with adjacent pieces of one source within a period merged into one.
  */
 export function planPieces(periods: readonly { start: number; end: number }[], dirty: readonly number[], useRollups: boolean, levels: readonly Tier[] = LEVELS): { pieces: TierPiece[]; raw: RawPiece[] } {
+  const tree = canonicalTree(periods, dirty, useRollups, levels);
+  const source: (Tier | 'raw')[] = new Array(tree.slots);
+  const span: { lo: number; hi: number }[] = new Array(tree.slots);
+  for (const u of tree.units) {
+    source[u.idx] = u.tier;
+    span[u.idx] = u;
+  }
+  for (const r of tree.raw) {
+    source[r.idx] = 'raw';
+    span[r.idx] = r;
+  }
   const pieces: TierPiece[] = [];
   const raw: RawPiece[] = [];
-  const decompose = (a: number, b: number, level: number, idx: number): void => {
-    if (a >= b) return;
-    if (!useRollups || level >= levels.length) {
-      raw.push({ lo: a, hi: b, idx });
-      return;
-    }
-    const tier = levels[level];
-    const g = TIER_MS[tier];
-    const A = Math.ceil(a / g) * g;
-    const B = Math.floor(b / g) * g;
-    if (A >= B) {
-      decompose(a, b, level + 1, idx);
-      return;
-    }
-    decompose(a, A, level + 1, idx);
-    let run = A;
-    for (let k = lowerBound(dirty, A); k < dirty.length && dirty[k] < B; k = lowerBound(dirty, run)) {
-      const unit = Math.floor(dirty[k] / g) * g;
-      if (run < unit) pieces.push({ tier, lo: run, hi: unit, idx });
-      decompose(unit, unit + g, level + 1, idx);
-      run = unit + g;
-    }
-    if (run < B) pieces.push({ tier, lo: run, hi: B, idx });
-    decompose(B, b, level + 1, idx);
-  };
-  periods.forEach((p, idx) => decompose(p.start, p.end, 0, idx));
+  tree.periods.forEach((nodes, idx) => {
+    let last: { kind: Tier | 'raw'; lo: number; hi: number } | undefined;
+    const flush = () => {
+      if (!last) return;
+      if (last.kind === 'raw') raw.push({ lo: last.lo, hi: last.hi, idx });
+      else pieces.push({ tier: last.kind, lo: last.lo, hi: last.hi, idx });
+    };
+    const visit = (n: EvalNode): void => {
+      if (typeof n !== 'number') return n.forEach(visit);
+      const kind = source[n];
+      const { lo, hi } = span[n];
+      if (last && last.kind === kind && last.hi === lo) last.hi = hi;
+      else {
+        flush();
+        last = { kind, lo, hi };
+      }
+    };
+    nodes.forEach(visit);
+    flush();
+  });
   return { pieces, raw };
 }
 
@@ -161,9 +167,10 @@ export interface CanonicalTree {
 /**
  * Each period's canonical units (see the module comment), and how each is served: its tier row
  * when it is clean and the rollups' cap is the node's, else its children (down to 15-minute
- * buckets from raw). `dirty` are sorted 15-minute bucket starts.
+ * buckets from raw). `dirty` are sorted 15-minute bucket starts; `levels` the tiers, coarsest
+ * first, each a whole multiple of the next (default: all of them).
  */
-export function canonicalTree(periods: readonly { start: number; end: number }[], dirty: readonly number[], useRollups: boolean): CanonicalTree {
+export function canonicalTree(periods: readonly { start: number; end: number }[], dirty: readonly number[], useRollups: boolean, levels: readonly Tier[] = LEVELS): CanonicalTree {
   const units: TierPiece[] = [];
   const raw: RawPiece[] = [];
   let slots = 0;
@@ -172,28 +179,28 @@ export function canonicalTree(periods: readonly { start: number; end: number }[]
     return k >= dirty.length || dirty[k] >= b;
   };
   const unit = (level: number, lo: number): EvalNode => {
-    const tier = LEVELS[level];
+    const tier = levels[level];
     const hi = lo + TIER_MS[tier];
     if (useRollups && clean(lo, hi)) {
       units.push({ tier, lo, hi, idx: slots });
       return slots++;
     }
-    if (level === LEVELS.length - 1) {
+    if (level === levels.length - 1) {
       raw.push({ lo, hi, idx: slots });
       return slots++;
     }
     const children: EvalNode[] = [];
-    for (let c = lo; c < hi; c += TIER_MS[LEVELS[level + 1]]) children.push(unit(level + 1, c));
+    for (let c = lo; c < hi; c += TIER_MS[levels[level + 1]]) children.push(unit(level + 1, c));
     return children;
   };
   const decompose = (a: number, b: number, level: number, out: EvalNode[]): void => {
     if (a >= b) return;
-    if (level >= LEVELS.length) {
+    if (level >= levels.length) {
       raw.push({ lo: a, hi: b, idx: slots });
       out.push(slots++);
       return;
     }
-    const g = TIER_MS[LEVELS[level]];
+    const g = TIER_MS[levels[level]];
     const A = Math.ceil(a / g) * g;
     const B = Math.floor(b / g) * g;
     if (A >= B) {
