@@ -3,8 +3,9 @@
  *  (a) raw ceiling: the same rows written straight into telemetry by plain SQL with the same
  *      duplicate semantics (COPY into a staging table + INSERT … ON CONFLICT DO UPDATE WHERE
  *      distinct, sorted), 2 connections, 10,000 rows a transaction;
- *  (a′) diagnostic: the same plain SQL in 2,000-row transactions (the service's flush size in (b))
- *      that also keeps telemetry_latest and the dirty buckets, as the service does;
+ *  (a′) diagnostic: plain SQL doing what the service's writer does in (b), in 2,000-row
+ *      transactions (its flush size there): the rows, all new, inserted without conflict handling
+ *      (COPY into a staging table, then one INSERT), telemetry_latest and the dirty buckets;
  *  (a″) diagnostic: plain COPY straight into telemetry, 2 connections, 10,000 rows a transaction,
  *      no conflict handling: what writing rows known to be new costs (the service's direct path
  *      for such rows; it falls back to the staged upsert when a key exists);
@@ -92,12 +93,16 @@ const RAW_SQL = `INSERT INTO telemetry AS t (${COLS}) SELECT ${COLS} FROM raw_st
 
 /** (a): plain SQL, 2 connections (nodes split between them), 10,000 rows a transaction. */
 /**
- * (a′), a diagnostic beside (a): the same plain-SQL path, in transactions of the size the service's
- * flushes have in (b) (~2,000 rows), also keeping what the service keeps in the same transaction:
- * `telemetry_latest` (newest reading per node, as jsonb) and the dirty 15-minute buckets of
- * [ts, ts + 3 min). (b)/(a′) is then the share of the database-only figure the HTTP path keeps
- * once the bookkeeping the design needs is paid on both sides.
+ * (a′), a diagnostic beside (a): plain SQL doing the work of the service's writer in (b), in
+ * transactions of its flush size there (~2,000 rows): the rows go in without conflict handling,
+ * as the service's direct path writes rows newer than their node's latest (here through a staging
+ * table, which the latest and dirty-bucket statements read; the service COPYs straight into
+ * telemetry and sends those two as parameters), and the same transaction keeps `telemetry_latest`
+ * (newest reading per node, as jsonb) and the dirty 15-minute buckets of [ts, ts + 3 min).
+ * (b)/(a′) is then the share of the database-only figure the HTTP path keeps once the bookkeeping
+ * the design needs is paid on both sides.
  */
+const NEW_ROWS_SQL = `INSERT INTO telemetry (${COLS}) SELECT ${COLS} FROM raw_stage ORDER BY node_id, ts`;
 const LATEST_SQL = `INSERT INTO telemetry_latest AS l (node_id, ts, received_at, reading)
   SELECT DISTINCT ON (node_id COLLATE "C") node_id, ts, received_at,
     jsonb_strip_nulls(jsonb_build_object('nodeId', node_id, 'timestamp', ts, 'powerKw', power_kw, 'voltageV', voltage_v,
@@ -151,7 +156,8 @@ async function rawCeiling(url: string, readings: Reading[], opts: { rowsPerTx: n
           s.on('finish', resolve);
           s.end(text);
         });
-        if (!opts.direct) await c.query(RAW_SQL);
+        if (opts.bookkeeping) await c.query(NEW_ROWS_SQL);
+        else if (!opts.direct) await c.query(RAW_SQL);
         if (opts.bookkeeping) {
           await c.query(LATEST_SQL);
           await c.query(DIRTY_SQL);
@@ -396,7 +402,7 @@ export const section: BenchSection = {
         p99.push(percentile(lat, 99));
         console.log(`   run ${run + 1}: (a) ${Math.round(a)}/s  (b) ${Math.round(b.rate)}/s  (b)/(a) ${(b.rate / a).toFixed(3)}  (c) ${Math.round(c)}/s  latest p50 ${percentile(lat, 50).toFixed(3)} ms`);
         const flushes2 = await flushSizes(s);
-        console.log(`          (a′) raw + latest + dirty buckets, 2,000 rows a transaction: ${Math.round(a2)}/s, (b)/(a′) ${(b.rate / a2).toFixed(3)}; ${a2Cpu}`);
+        console.log(`          (a′) new rows + latest + dirty buckets, 2,000 rows a transaction: ${Math.round(a2)}/s, (b)/(a′) ${(b.rate / a2).toFixed(3)}; ${a2Cpu}`);
         console.log(`          (a″) plain COPY into telemetry, no conflict handling: ${Math.round(a3)}/s, (b)/(a″) ${(b.rate / a3).toFixed(3)}; ${a3Cpu}`);
         console.log(`          rollup catch-up after (b): ${refresh.buckets} buckets in ${refresh.seconds.toFixed(2)} s (${refresh.cpu})`);
         console.log(`          (a) ${aCpu}\n          (b) ${b.cpu}, ${flushes.count} flushes of ${Math.round(flushes.sum / flushes.count)} readings on average (${flushes.direct} direct)\n          (c) ${cCpu}, ${flushes2.count - flushes.count} flushes of ${((flushes2.sum - flushes.sum) / (flushes2.count - flushes.count)).toFixed(1)} readings on average (${flushes2.direct - flushes.direct} direct)`);
@@ -408,7 +414,7 @@ export const section: BenchSection = {
     ctx.report(S, '(a) raw ceiling: COPY + INSERT ON CONFLICT, 2 connections', median(raw), 'readings/s', `${readings.length} rows`);
     ctx.report(S, '(b) sync HTTP batch, 1,000/request, 8 clients', median(batch), 'readings/s', cache);
     ctx.report(S, '(b)/(a) same run', median(ratio), 'ratio', 'bar ≥ 0.75');
-    ctx.report(S, "(a′) diagnostic: raw + latest + dirty buckets, 2,000 rows a transaction", median(rawPrime), 'readings/s', 'what the database alone does for the same bookkeeping');
+    ctx.report(S, "(a′) diagnostic: new rows + latest + dirty buckets, 2,000 rows a transaction", median(rawPrime), 'readings/s', 'the database alone doing the writer\'s work');
     ctx.report(S, "(b)/(a′) same run", median(ratioPrime), 'ratio', 'the HTTP path against the database doing the same work');
     ctx.report(S, '(a″) diagnostic: plain COPY into telemetry, no conflict handling', median(rawDirect), 'readings/s', 'rows known to be new');
     ctx.report(S, '(b)/(a″) same run', median(ratioDirect), 'ratio', 'the HTTP path against writing new rows with no conflict handling');
