@@ -195,7 +195,7 @@ export class TelemetryIngestService {
     if (result.latest.length) {
       const lines: string[] = [];
       for (const c of result.latest) {
-        lines.push(`{"nodeId":${JSON.stringify(c.nodeId)},"timestamp":"${isoUtc(c.ts)}","receivedAt":"${isoUtc(c.receivedAt)}","reading":${c.readingJson}}`);
+        lines.push(`{"nodeId":${JSON.stringify(c.nodeId)},"timestamp":"${c.timestampIso}","receivedAt":"${c.receivedAtIso}","reading":${c.readingJson}}`);
       }
       void this.deps.pubsub.publish(TELEMETRY_LATEST_CHANNEL, lines.join('\n'));
     }

@@ -15,6 +15,15 @@ export interface LatestEntry {
   version: number;
 }
 
+/** A memory cache entry: the reading as the writer's JSON text, parsed on first read. */
+interface MemoryEntry {
+  ts: number;
+  receivedAt: number;
+  version: number;
+  reading?: Record<string, unknown>;
+  readingJson?: string;
+}
+
 /** Cache entries outlive bursts of reads; writes refresh them, so this only bounds memory/keys of idle nodes (s). */
 const TTL_SECONDS = 3600;
 const MEMORY_MAX_ENTRIES = 200_000;
@@ -48,7 +57,7 @@ type CasRedis = Redis & { latestCasMany(numKeys: number, ...keysAndArgs: string[
  * read after an acknowledged write never sees an older reading.
  */
 export class LatestStore {
-  private readonly memory = new Map<string, LatestEntry>();
+  private readonly memory = new Map<string, MemoryEntry>();
   private readonly redis?: CasRedis;
   private readonly prefix: string;
 
@@ -90,7 +99,7 @@ export class LatestStore {
   async putAll(changes: readonly LatestChange[]): Promise<void> {
     if (changes.length === 0) return;
     if (!this.redis) {
-      for (const c of changes) this.putMemory(c.nodeId, c);
+      for (const c of changes) this.putMemory(c.nodeId, { ts: c.ts, receivedAt: c.receivedAt, version: c.version, readingJson: c.readingJson });
       return;
     }
     try {
@@ -100,7 +109,7 @@ export class LatestStore {
         const part = changes.slice(i, i + CAS_BATCH);
         const args: string[] = part.map((c) => this.prefix + c.nodeId);
         args.push(ttl);
-        for (const c of part) args.push(String(c.version), encode(c));
+        for (const c of part) args.push(String(c.version), `{"ts":${c.ts},"receivedAt":${c.receivedAt},"reading":${c.readingJson}}`);
         calls.push(this.redis.latestCasMany(part.length, ...args));
       }
       await Promise.all(calls);
@@ -118,15 +127,20 @@ export class LatestStore {
     await this.redis.latestCasMany(1, this.prefix + nodeId, String(TTL_SECONDS * 1000), String(e.version), encode(e)).catch(() => undefined);
   }
 
-  private putMemory(nodeId: string, e: LatestEntry): void {
+  private putMemory(nodeId: string, e: MemoryEntry): void {
     const cur = this.memory.get(nodeId);
     if (cur && cur.version >= e.version) return;
     if (!cur && this.memory.size >= MEMORY_MAX_ENTRIES) this.memory.delete(this.memory.keys().next().value as string);
-    this.memory.set(nodeId, { ts: e.ts, receivedAt: e.receivedAt, reading: e.reading, version: e.version });
+    this.memory.set(nodeId, { ts: e.ts, receivedAt: e.receivedAt, version: e.version, reading: e.reading, readingJson: e.readingJson });
   }
 
   private async cacheGet(nodeId: string): Promise<LatestEntry | undefined> {
-    if (!this.redis) return this.memory.get(nodeId);
+    if (!this.redis) {
+      const m = this.memory.get(nodeId);
+      if (!m) return undefined;
+      m.reading ??= JSON.parse(m.readingJson as string) as Record<string, unknown>;
+      return { ts: m.ts, receivedAt: m.receivedAt, reading: m.reading, version: m.version };
+    }
     let raw: string | null;
     try {
       raw = await this.redis.get(this.prefix + nodeId);
