@@ -137,5 +137,10 @@ export function loadConfig(source: Record<string, string | undefined> = readEnvi
     logDir: path.resolve(env.LOG_DIR),
     logLevel: env.LOG_LEVEL,
   };
+  // Queries read rollups wherever they are clean, and retention deletes them without a mark: rollups
+  // kept for less time than the raw readings would make days that still have readings answer as empty.
+  if (config.retentionRollupDays < config.retentionTelemetryDays) {
+    throw new ConfigError('RETENTION_ROLLUP_DAYS', `must be at least RETENTION_TELEMETRY_DAYS (${config.retentionTelemetryDays}), got ${config.retentionRollupDays}: rollups are read wherever raw readings are`);
+  }
   return Object.freeze(config);
 }

@@ -113,7 +113,7 @@ describe('analytics: benchmarks and portfolio', () => {
       };
 
       before(async () => {
-        t = await createTestApp({ backend, env: { RETENTION_TELEMETRY_DAYS: '3650' } });
+        t = await createTestApp({ backend, env: { RETENTION_TELEMETRY_DAYS: '3650', RETENTION_ROLLUP_DAYS: '3650' } });
         for (const n of FLEET) {
           const r = await t.request({ method: 'POST', url: '/api/metadata', payload: { ...n, name: n.nodeId }, key: KEYS.metadata });
           assert.equal(r.statusCode, 201, r.body);

@@ -108,7 +108,7 @@ describe('analytics: per-node daily and monthly', () => {
       };
 
       before(async () => {
-        t = await createTestApp({ backend, env: { RETENTION_TELEMETRY_DAYS: '3650' } });
+        t = await createTestApp({ backend, env: { RETENTION_TELEMETRY_DAYS: '3650', RETENTION_ROLLUP_DAYS: '3650' } });
         const r = await t.request({ method: 'POST', url: '/api/metadata', payload: node(NODE), key: KEYS.metadata });
         assert.equal(r.statusCode, 201, r.body);
         // Spring forward (2026-03-08, 23 h) and fall back (2026-11-01, 25 h), local days around them.
@@ -300,7 +300,7 @@ describe('analytics: per-node daily and monthly', () => {
 
       if (backend === 'redis') {
         test('a second instance on the same Redis serves the first one\'s entries and sees writes made through it', async () => {
-          const b = await createTestApp({ backend, databaseUrl: t.databaseUrl, keyPrefix: t.keyPrefix, env: { RETENTION_TELEMETRY_DAYS: '3650' } });
+          const b = await createTestApp({ backend, databaseUrl: t.databaseUrl, keyPrefix: t.keyPrefix, env: { RETENTION_TELEMETRY_DAYS: '3650', RETENTION_ROLLUP_DAYS: '3650' } });
           try {
             const url = `/api/analytics/${NODE}/daily?from=2026-10-31&to=2026-10-31`;
             const a1 = (await get(url)).json() as { days: Row[] };

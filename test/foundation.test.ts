@@ -45,6 +45,8 @@ describe('configuration', () => {
     ['RATE_LIMIT_PER_MINUTE', '-1'],
     ['API_KEYS', 'shortkey1=admin+flying'],
     ['LOG_LEVEL', 'loud'],
+    // Rollups kept for less time than the raw readings they summarise.
+    ['RETENTION_ROLLUP_DAYS', '20'],
   ] as const) {
     test(`a bad ${name} stops start-up naming the variable`, () => {
       assert.throws(

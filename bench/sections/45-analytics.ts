@@ -69,7 +69,7 @@ export const section: BenchSection = {
   async run(ctx) {
     const nodes = Number(process.env.BENCH_ANALYTICS_NODES ?? 1000);
     const url = await ctx.freshDatabase();
-    const svc = await startBenchServer(url, { name: 'an', apiKey: KEY, redisUrl: ctx.redisUrl, env: { RETENTION_TELEMETRY_DAYS: '3650', ROLLUP_SETTLE_SECONDS: '0' } });
+    const svc = await startBenchServer(url, { name: 'an', apiKey: KEY, redisUrl: ctx.redisUrl, env: { RETENTION_TELEMETRY_DAYS: '3650', RETENTION_ROLLUP_DAYS: '3650', ROLLUP_SETTLE_SECONDS: '0' } });
     try {
       const c = svc.container;
       // One node, a year of 1-minute readings, in New York (local days are off the UTC rollup grid).
