@@ -136,7 +136,7 @@ export class TelemetryQueryService {
     const maxGapMs = (input.maxGap ?? 3 * node.telemetryIntervalSeconds) * 1000;
     // The gap rule looks past `to`: a bucket near the end of the range is filled according to the
     // node's next reading, wherever the range happens to end.
-    const nextAfter = parts.times ? await this.nextReadingTime(node.nodeId, to) : Infinity;
+    const nextAfter = parts.times ? await this.nextReadingTime(node.nodeId, to, maxGapMs) : Infinity;
     const rows = buildBuckets(periods, clipped, result.partials.map((p) => p.fields), engineFields, fields, aggs, fill, maxGapMs, nextAfter);
 
     if (format === 'csv') return { tier: result.tier, sources: result.sources, format, body: toCsv(rows, fields, aggs, fill, fmt) };
@@ -145,13 +145,23 @@ export class TelemetryQueryService {
     return { tier: result.tier, sources: result.sources, format, body: bucketsJson(head, rows, tail, fields, aggs, fmt) };
   }
 
-  /** Measurement time of the node's first reading at or after `ts` (epoch ms), or Infinity. */
-  private async nextReadingTime(nodeId: string, ts: number): Promise<number> {
-    const { rows } = await this.deps.db.readPool.query<{ ts: number }>(
-      'SELECT (extract(epoch FROM ts) * 1000)::float8 AS ts FROM telemetry WHERE node_id = $1 AND ts >= $2 ORDER BY ts LIMIT 1',
-      [nodeId, new Date(ts).toISOString()],
+  /**
+   * For the fills' gap rule at the end of a range: the measurement time of the node's first reading
+   * at or after `to` when it lies within `maxGapMs` of `to`; `to + maxGapMs` when there is a later
+   * reading beyond that (a gap longer than maxGap follows every reading of the range, whatever its
+   * exact end); Infinity when the node has no reading at or after `to`. The probe is bounded by
+   * `to + maxGapMs`, so it reads a partition or two, not every one after `to`; the node's latest
+   * reading tells whether anything lies beyond.
+   */
+  private async nextReadingTime(nodeId: string, to: number, maxGapMs: number): Promise<number> {
+    const { rows } = await this.deps.db.readPool.query<{ next: number | null; latest: number | null }>(
+      `SELECT (SELECT (extract(epoch FROM ts) * 1000)::float8 FROM telemetry WHERE node_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT 1) AS next,
+              (SELECT (extract(epoch FROM ts) * 1000)::float8 FROM telemetry_latest WHERE node_id = $1) AS latest`,
+      [nodeId, new Date(to).toISOString(), new Date(to + maxGapMs).toISOString()],
     );
-    return rows.length ? rows[0].ts : Infinity;
+    const { next, latest } = rows[0];
+    if (next !== null) return next;
+    return latest !== null && latest >= to ? to + maxGapMs : Infinity;
   }
 
   private async node(nodeId: string): Promise<{ nodeId: string; telemetryIntervalSeconds: number }> {
