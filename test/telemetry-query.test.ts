@@ -175,15 +175,22 @@ describe('historical queries', () => {
     // No reading after the range end: linear leaves the tail, previous fills it only within maxGap.
     assert.equal(lin[lin.length - 1].start, '2026-11-20T12:29:00.000Z');
     // A range that ends inside the hour-long gap: the gap is the same, so nothing in it is filled,
-    // whatever `to` is (the reading after `to` decides, not the range's end).
-    for (const to of ['2026-11-20T11:08:00Z', '2026-11-20T11:30:00Z', '2026-11-20T12:10:00Z']) {
-      for (const fill of ['previous', 'linear']) {
-        const cut = (await get(sparse, { ...base, to, fill, maxGap: 1200 })).json().buckets as Bucket[];
-        const inGap = cut.filter((b) => b.start > '2026-11-20T11:00:00.000Z' && b.start < '2026-11-20T12:00:00.000Z' && b.count === 0);
-        assert.ok(inGap.length > 0, `${to} ${fill}`);
-        for (const b of inGap) assert.equal((b.powerKw as { avg: number | null }).avg, null, `${to} ${fill} ${b.start}`);
+    // whatever `to` is (the reading after `to` decides, not the range's end). First with readings
+    // written straight into telemetry (no latest row: the look past `to` is unbounded), then with
+    // the latest row ingestion keeps (the look is bounded by maxGap, the latest row tells the rest).
+    const cutsAreUnfilled = async () => {
+      for (const to of ['2026-11-20T11:08:00Z', '2026-11-20T11:30:00Z', '2026-11-20T12:10:00Z']) {
+        for (const fill of ['previous', 'linear']) {
+          const cut = (await get(sparse, { ...base, to, fill, maxGap: 1200 })).json().buckets as Bucket[];
+          const inGap = cut.filter((b) => b.start > '2026-11-20T11:00:00.000Z' && b.start < '2026-11-20T12:00:00.000Z' && b.count === 0);
+          assert.ok(inGap.length > 0, `${to} ${fill}`);
+          for (const b of inGap) assert.equal((b.powerKw as { avg: number | null }).avg, null, `${to} ${fill} ${b.start}`);
+        }
       }
-    }
+    };
+    await cutsAreUnfilled();
+    await t.container.db.pool.query(`INSERT INTO telemetry_latest (node_id, ts, received_at, reading) VALUES ($1, $2, now(), '{}')`, [sparse, new Date(rs[rs.length - 1].ts)]);
+    await cutsAreUnfilled();
     // Within maxGap of the next reading after `to`, the end of a range is filled as its middle would be.
     const edge = (await get(sparse, { ...base, to: '2026-11-20T10:08:00Z', fill: 'previous' })).json().buckets as Bucket[];
     assert.deepEqual(edge.at(-1)!.powerKw, { avg: 5, twa: 5, count: 0 });

@@ -151,7 +151,7 @@ export class TelemetryQueryService {
    * reading beyond that (a gap longer than maxGap follows every reading of the range, whatever its
    * exact end); Infinity when the node has no reading at or after `to`. The probe is bounded by
    * `to + maxGapMs`, so it reads a partition or two, not every one after `to`; the node's latest
-   * reading tells whether anything lies beyond.
+   * reading (telemetry_latest, kept by every write) tells whether anything lies beyond.
    */
   private async nextReadingTime(nodeId: string, to: number, maxGapMs: number): Promise<number> {
     const { rows } = await this.deps.db.readPool.query<{ next: number | null; latest: number | null }>(
@@ -161,7 +161,13 @@ export class TelemetryQueryService {
     );
     const { next, latest } = rows[0];
     if (next !== null) return next;
-    return latest !== null && latest >= to ? to + maxGapMs : Infinity;
+    if (latest !== null) return latest >= to ? to + maxGapMs : Infinity;
+    // No latest row (readings that did not come through ingestion): look past `to` unbounded.
+    const { rows: later } = await this.deps.db.readPool.query<{ ts: number }>(
+      'SELECT (extract(epoch FROM ts) * 1000)::float8 AS ts FROM telemetry WHERE node_id = $1 AND ts >= $2 ORDER BY ts LIMIT 1',
+      [nodeId, new Date(to).toISOString()],
+    );
+    return later.length ? later[0].ts : Infinity;
   }
 
   private async node(nodeId: string): Promise<{ nodeId: string; telemetryIntervalSeconds: number }> {
