@@ -80,21 +80,23 @@ for (const backend of backends()) {
       assert.equal((await queueOf(t).stats()).depth, 0);
     });
 
-    test('the bound: 503 + Retry-After above INGEST_QUEUE_MAX, never a silent drop', async () => {
+    test('the bound: 503 + Retry-After above INGEST_QUEUE_MAX, never a silent drop; a batch larger than the whole bound is a 413', async () => {
       const q = queueOf(t);
       await q.stop(); // hold the consumer so the queue fills
       try {
         const start = minutesAgo(40);
         let r = await postAsync(batch('aq-2', 51, start));
-        assert.equal(r.statusCode, 503);
-        assert.ok(Number(r.headers['retry-after']) > 0);
-        assert.equal(r.json().error.code, 'QUEUE_FULL');
+        assert.equal(r.statusCode, 413);
+        assert.equal(r.headers['retry-after'], undefined);
+        assert.equal(r.json().error.code, 'BATCH_ABOVE_QUEUE_MAX');
         r = await postAsync(batch('aq-2', 30, start));
         assert.equal(r.statusCode, 202);
         r = await postAsync(batch('aq-2', 20, start + 30_000));
         assert.equal(r.statusCode, 202);
         r = await postAsync(batch('aq-2', 1, start + 60_000));
         assert.equal(r.statusCode, 503);
+        assert.ok(Number(r.headers['retry-after']) > 0);
+        assert.equal(r.json().error.code, 'QUEUE_FULL');
         const s = await q.stats();
         assert.equal(s.depth, 50);
         assert.ok(s.lagSeconds >= 0);

@@ -44,6 +44,7 @@ export class PostgresQueue implements IngestQueue {
   }
 
   async enqueue(rows: readonly IngestRow[]): Promise<void> {
+    if (rows.length > this.opts.max) throw batchAboveQueueMax(this.opts.max, rows.length);
     const payload = encodeRows(rows);
     let client;
     try {
@@ -165,6 +166,11 @@ export class PostgresQueue implements IngestQueue {
       this.wake = done;
     });
   }
+}
+
+/** A batch larger than the whole queue: no retry could succeed, so a 413, not a 503. */
+export function batchAboveQueueMax(max: number, n: number): AppError {
+  return new AppError(413, 'BATCH_ABOVE_QUEUE_MAX', `${n} readings exceed the ingestion queue's whole bound of ${max} (INGEST_QUEUE_MAX); send smaller batches or write them synchronously`, [{ path: '/readings', message: `more than ${max} readings` }]);
 }
 
 export function queueFull(max: number): AppError {

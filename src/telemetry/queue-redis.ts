@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { HealthCheck } from '../cache/types.js';
 import { AppError, unavailable } from '../http/errors.js';
 import { decodeRows, encodeRows, type IngestQueue, type QueueStats } from './queue.js';
-import { queueFull } from './queue-postgres.js';
+import { batchAboveQueueMax, queueFull } from './queue-postgres.js';
 import type { IngestRow } from './validate.js';
 
 // Bound check, append and depth count in one atomic step: -1 when the batch does not fit.
@@ -75,6 +75,7 @@ export class RedisQueue implements IngestQueue {
   }
 
   async enqueue(rows: readonly IngestRow[]): Promise<void> {
+    if (rows.length > this.opts.max) throw batchAboveQueueMax(this.opts.max, rows.length);
     let res: number;
     try {
       res = await this.redis.ingestEnqueue(this.stream, this.depthKey, String(rows.length), String(this.opts.max), encodeRows(rows));
