@@ -323,6 +323,18 @@ describe('historical queries', () => {
         assert.equal(Number(n), p.count);
       });
     }
+    // Accept is negotiated by quality: CSV only when it is preferred (q = 0 refuses it; a tie keeps JSON).
+    for (const [accept, type] of [
+      ['text/csv;q=0.9, application/json', 'application/json'],
+      ['application/json;q=0.5, text/csv', 'text/csv'],
+      ['text/csv;q=0', 'application/json'],
+      ['application/json, text/csv', 'application/json'],
+      ['text/*', 'application/json'],
+      ['TEXT/CSV; charset=utf-8', 'text/csv'],
+    ]) {
+      const r = await get(nodeId, q, { accept });
+      assert.match(String(r.headers['content-type']), new RegExp(`^${type.replace('/', '\\/')}`), accept);
+    }
   });
 
   test('interval=raw returns the readings, paginated by keyset', async () => {

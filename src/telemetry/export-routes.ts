@@ -9,6 +9,7 @@ import { NODE_ID_PATTERN, StringEnum, TimeQuery, errorResponses } from '../http/
 import { requireTime } from '../http/time.js';
 import { EXPORTABLE_FIELDS, parseExportFields, type ExportFormat } from './export-format.js';
 import { openExportStream } from './export-stream.js';
+import { negotiate, type Offer } from '../http/negotiate.js';
 
 /** Most node ids one export may name. */
 export const EXPORT_MAX_NODES = 1000;
@@ -57,9 +58,15 @@ export function parseNodeIds(values: readonly string[]): string[] {
   return unique.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
 }
 
+const EXPORT_FORMATS: readonly Offer<ExportFormat>[] = [
+  { type: 'text/csv', value: 'csv' },
+  { type: 'application/x-ndjson', value: 'ndjson' },
+  { type: 'application/ndjson', value: 'ndjson' },
+  { type: 'application/jsonl', value: 'ndjson' },
+];
+
 function chooseFormat(q: ExportQueryT, accept: string | undefined): ExportFormat {
-  if (q.format) return q.format;
-  return accept && /application\/(x-)?ndjson|application\/jsonl/i.test(accept) ? 'ndjson' : 'csv';
+  return q.format ?? negotiate(accept, EXPORT_FORMATS, 'csv');
 }
 
 /** GET /api/telemetry/export: raw readings streamed as CSV or NDJSON. */

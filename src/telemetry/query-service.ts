@@ -13,6 +13,12 @@ import { aggregatePeriods, roundSig, withPowerFirst } from './query-engine.js';
 import type { FieldAgg } from './rollup-compute.js';
 import { FIELD_BY_NAME, NUMERIC_FIELDS, type NumericField } from './rollup-fields.js';
 import { DEFAULT_INTERVAL_SECONDS } from './rollup-refresher.js';
+import { negotiate, type Offer } from '../http/negotiate.js';
+
+const HISTORICAL_FORMATS: readonly Offer<'json' | 'csv'>[] = [
+  { type: 'application/json', value: 'json' },
+  { type: 'text/csv', value: 'csv' },
+];
 
 export const INTERVALS = ['raw', '1m', '5m', '15m', '30m', '1h', '1d', '1w', '1mo'] as const;
 export type Interval = (typeof INTERVALS)[number];
@@ -112,7 +118,7 @@ export class TelemetryQueryService {
     const tzGiven = input.tz !== undefined;
     const tz = input.tz ?? 'UTC';
     if (!isValidTimeZone(tz)) throw badRequest(`tz "${tz}" is not an IANA time zone`, [{ path: '/tz', message: 'unknown time zone' }], 'INVALID_TIMEZONE');
-    const format: 'json' | 'csv' = input.format ?? (/\btext\/csv\b/i.test(input.accept ?? '') ? 'csv' : 'json');
+    const format: 'json' | 'csv' = input.format ?? negotiate(input.accept, HISTORICAL_FORMATS, 'json');
     const interval = input.interval ?? defaultInterval(to - from);
     const node = await this.node(input.nodeId);
     const capMs = 3 * node.telemetryIntervalSeconds * 1000;
