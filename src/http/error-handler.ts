@@ -18,6 +18,8 @@ const FASTIFY_CODES: Record<string, { status: number; code: string }> = {
   FST_ERR_CTP_EMPTY_JSON_BODY: { status: 400, code: 'INVALID_JSON' },
   FST_ERR_CTP_INVALID_JSON_BODY: { status: 400, code: 'INVALID_JSON' },
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: { status: 400, code: 'BAD_REQUEST' },
+  FST_ERR_BAD_URL: { status: 400, code: 'BAD_URL' },
+  FST_ERR_MAX_PARAM_LENGTH: { status: 414, code: 'URI_TOO_LONG' },
 };
 
 /**
@@ -25,8 +27,7 @@ const FASTIFY_CODES: Record<string, { status: number; code: string }> = {
  * path with bad percent-encoding, a path parameter above maxParamLength), answered in the envelope.
  */
 export function frameworkErrors(err: FastifyError, _req: FastifyRequest, reply: FastifyReply): void {
-  const status = err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 414 : 400;
-  const code = err.code === 'FST_ERR_BAD_URL' ? 'BAD_URL' : err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'URI_TOO_LONG' : 'BAD_REQUEST';
+  const { status, code } = FASTIFY_CODES[err.code] ?? { status: 400, code: 'BAD_REQUEST' };
   void reply.code(status).send(envelope(code, err.message));
 }
 

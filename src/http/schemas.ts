@@ -1,4 +1,5 @@
 import { Type, type TSchema, type TUnsafe } from 'typebox';
+import { TIME_TEXT_MAX } from './time.js';
 
 /** A string restricted to `values`, as a plain JSON-Schema `enum` (clear validation messages, clean OpenAPI). */
 export function StringEnum<const T extends readonly string[]>(values: T, opts: { description?: string; default?: T[number] } = {}): TUnsafe<T[number]> {
@@ -41,12 +42,12 @@ export const errorResponses = {
 export const bodyErrorResponses = { ...errorResponses, 413: ErrorResponse, 415: ErrorResponse } as const;
 
 /** Input time: RFC 3339 string or epoch milliseconds. */
-export const TimeInput = Type.Union([Type.String({ minLength: 1, maxLength: 64 }), Type.Integer({ minimum: 0 })], {
+export const TimeInput = Type.Union([Type.String({ minLength: 1, maxLength: TIME_TEXT_MAX }), Type.Integer({ minimum: 0 })], {
   description: 'RFC 3339 time with offset, or epoch milliseconds',
 });
 
 /** Query-string time (always text): RFC 3339 or epoch milliseconds as digits. */
-export const TimeQuery = Type.String({ minLength: 1, maxLength: 64, description: 'RFC 3339 time with offset, or epoch milliseconds' });
+export const TimeQuery = Type.String({ minLength: 1, maxLength: TIME_TEXT_MAX, description: 'RFC 3339 time with offset, or epoch milliseconds' });
 
 export const Limit = Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'page size' });
 export const Cursor = Type.String({ maxLength: 1024, description: 'opaque cursor from a previous page' });

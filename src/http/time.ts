@@ -1,5 +1,8 @@
 import { badRequest } from './errors.js';
 
+/** Longest time text accepted anywhere (RFC 3339 allows any number of fraction digits). */
+export const TIME_TEXT_MAX = 64;
+
 const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
 
 /**

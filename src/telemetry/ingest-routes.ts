@@ -3,32 +3,36 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import { Ajv } from 'ajv';
 import { NODE_ID_PATTERN, NodeId, StringEnum, TimeInput, bodyErrorResponses, errorResponses } from '../http/schemas.js';
-import { HEALTH_STATUSES, MAX_MAGNITUDE, QUALITIES } from './validate.js';
+import { fieldBounds, HEALTH_STATUSES, QUALITIES } from './validate.js';
 import { MAX_BATCH_READINGS, type TelemetryIngestService } from './ingest-service.js';
 
 /** Largest batch body: 10,000 readings that each carry a full 4 KiB `extra` still fit (bytes). */
 export const BATCH_BODY_LIMIT = 48 * 1024 * 1024;
 
-/** Every numeric field is finite and at most MAX_MAGNITUDE in magnitude; some have tighter physical bounds. */
-const bounded = (description: string, extra: Record<string, unknown> = {}) => Type.Number({ description, minimum: -MAX_MAGNITUDE, maximum: MAX_MAGNITUDE, ...extra });
-const n = (description: string, extra: Record<string, unknown> = {}) => Type.Optional(bounded(description, extra));
+/** A numeric field as documented, with the bounds the validator applies. */
+const bounded = (api: Parameters<typeof fieldBounds>[0], description: string) => Type.Number({ description, ...fieldBounds(api) });
+const n = (api: Parameters<typeof fieldBounds>[0], description: string) => Type.Optional(bounded(api, description));
+
+// An unknown node is a hard error of the reading (400 UNKNOWN_NODE), as in a batch: the single
+// route never answers 404.
+const { 404: _never, ...singleErrorResponses } = bodyErrorResponses;
 
 /** A reading as documented (validated per reading by the service, so one bad reading does not fail a batch). */
 export const ReadingSchema = Type.Object(
   {
     nodeId: Type.Optional(NodeId),
     timestamp: TimeInput,
-    powerKw: bounded('kW; + exports/generates, − consumes/charges'),
-    reactivePowerKvar: n('kvar'),
-    voltageV: n('V, ≥ 0', { minimum: 0 }),
-    currentA: n('A'),
-    frequencyHz: n('Hz, 40–70', { minimum: 40, maximum: 70 }),
-    stateOfChargePct: n('%, 0–100', { minimum: 0, maximum: 100 }),
-    temperatureC: n('°C, ≥ −273.15 (absolute zero)', { minimum: -273.15 }),
-    irradianceWm2: n('W/m²'),
-    windSpeedMs: n('m/s, ≥ 0', { minimum: 0 }),
-    gridImportKw: n('kW'),
-    gridExportKw: n('kW'),
+    powerKw: bounded('powerKw', 'kW; + exports/generates, − consumes/charges'),
+    reactivePowerKvar: n('reactivePowerKvar', 'kvar'),
+    voltageV: n('voltageV', 'V, ≥ 0'),
+    currentA: n('currentA', 'A'),
+    frequencyHz: n('frequencyHz', 'Hz, 40–70'),
+    stateOfChargePct: n('stateOfChargePct', '%, 0–100'),
+    temperatureC: n('temperatureC', '°C, ≥ −273.15 (absolute zero)'),
+    irradianceWm2: n('irradianceWm2', 'W/m²'),
+    windSpeedMs: n('windSpeedMs', 'm/s, ≥ 0'),
+    gridImportKw: n('gridImportKw', 'kW'),
+    gridExportKw: n('gridExportKw', 'kW'),
     healthStatus: Type.Optional(StringEnum(HEALTH_STATUSES)),
     quality: Type.Optional(StringEnum(QUALITIES)),
     extra: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'free-form, at most 4 KiB as JSON' })),
@@ -113,8 +117,7 @@ export function telemetryIngestRoutes(service: TelemetryIngestService): FastifyP
           summary: 'ingest one reading',
           params: Type.Object({ nodeId: NodeId }),
           body: ReadingSchema,
-          // An unknown node is a hard error of the reading (400 UNKNOWN_NODE), as in a batch: no 404.
-          response: { 201: Type.Object({ stored: Type.Integer(), duplicates: Type.Integer() }), 400: bodyErrorResponses[400], 401: bodyErrorResponses[401], 403: bodyErrorResponses[403], 413: bodyErrorResponses[413], 415: bodyErrorResponses[415], 429: bodyErrorResponses[429], 503: bodyErrorResponses[503] },
+          response: { 201: Type.Object({ stored: Type.Integer(), duplicates: Type.Integer() }), ...singleErrorResponses },
         },
       },
       async (req, reply) => {

@@ -109,7 +109,7 @@ export class LatestStore {
         const part = changes.slice(i, i + CAS_BATCH);
         const args: string[] = part.map((c) => this.prefix + c.nodeId);
         args.push(ttl);
-        for (const c of part) args.push(String(c.version), `{"ts":${c.ts},"receivedAt":${c.receivedAt},"reading":${c.readingJson}}`);
+        for (const c of part) args.push(String(c.version), encode(c.ts, c.receivedAt, c.readingJson));
         calls.push(this.redis.latestCasMany(part.length, ...args));
       }
       await Promise.all(calls);
@@ -124,7 +124,7 @@ export class LatestStore {
       this.putMemory(nodeId, e);
       return;
     }
-    await this.redis.latestCasMany(1, this.prefix + nodeId, String(TTL_SECONDS * 1000), String(e.version), encode(e)).catch(() => undefined);
+    await this.redis.latestCasMany(1, this.prefix + nodeId, String(TTL_SECONDS * 1000), String(e.version), encode(e.ts, e.receivedAt, JSON.stringify(e.reading))).catch(() => undefined);
   }
 
   private putMemory(nodeId: string, e: MemoryEntry): void {
@@ -154,6 +154,7 @@ export class LatestStore {
   }
 }
 
-function encode(e: LatestEntry): string {
-  return JSON.stringify({ ts: e.ts, receivedAt: e.receivedAt, reading: e.reading });
+/** A Redis cache value's JSON (after its `version|` prefix), from the reading's JSON text. */
+function encode(ts: number, receivedAt: number, readingJson: string): string {
+  return `{"ts":${ts},"receivedAt":${receivedAt},"reading":${readingJson}}`;
 }

@@ -3,7 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import { badRequest } from '../http/errors.js';
 import { NodeId, errorResponses } from '../http/schemas.js';
-import { requireTime } from '../http/time.js';
+import { requireTime, TIME_TEXT_MAX } from '../http/time.js';
 import type { DataQualityService } from './quality-service.js';
 
 /** Longest range one report covers (ms): a leap year. */
@@ -15,8 +15,8 @@ const Time = Type.String({ description: 'RFC 3339 UTC' });
 
 export const DataQualityParams = Type.Object({ nodeId: NodeId });
 export const DataQualityQuery = Type.Object({
-  from: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'RFC 3339 or epoch ms; range start, inclusive (default: 24 h before to)' })),
-  to: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'RFC 3339 or epoch ms; range end, exclusive (default: now)' })),
+  from: Type.Optional(Type.String({ minLength: 1, maxLength: TIME_TEXT_MAX, description: 'RFC 3339 or epoch ms; range start, inclusive (default: 24 h before to)' })),
+  to: Type.Optional(Type.String({ minLength: 1, maxLength: TIME_TEXT_MAX, description: 'RFC 3339 or epoch ms; range end, exclusive (default: now)' })),
 });
 export const DataQualityResponse = Type.Object(
   {

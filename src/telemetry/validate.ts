@@ -1,7 +1,7 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import type { ErrorDetail } from '../http/errors.js';
 import { NODE_ID_PATTERN } from '../http/schemas.js';
-import { parseTime } from '../http/time.js';
+import { parseTime, TIME_TEXT_MAX } from '../http/time.js';
 import { toDetails } from '../http/validation.js';
 import type { NodeInfo } from '../metadata/registry.js';
 
@@ -83,22 +83,24 @@ const UNSTORABLE_JSON = /(?<!\\)(?:\\\\)*\\u(?:0000|d[89a-f][0-9a-f]{2})/i;
  */
 export const MAX_MAGNITUDE = 1e12;
 
-const num = (extra: Record<string, unknown> = {}) => ({ type: 'number', minimum: -MAX_MAGNITUDE, maximum: MAX_MAGNITUDE, ...extra });
+/** Physically impossible values, per API field name: tighter inclusive bounds than ±MAX_MAGNITUDE. */
+const PHYSICAL_BOUNDS: Readonly<Partial<Record<(typeof NUMERIC_FIELDS)[number][0], { minimum?: number; maximum?: number }>>> = {
+  voltageV: { minimum: 0 },
+  frequencyHz: { minimum: 40, maximum: 70 },
+  stateOfChargePct: { minimum: 0, maximum: 100 },
+  temperatureC: { minimum: -273.15 },
+  windSpeedMs: { minimum: 0 },
+};
+
+/** The inclusive bounds of a numeric field (the validating schema's and the documented one's). */
+export function fieldBounds(api: (typeof NUMERIC_FIELDS)[number][0]): { minimum: number; maximum: number } {
+  return { minimum: -MAX_MAGNITUDE, maximum: MAX_MAGNITUDE, ...PHYSICAL_BOUNDS[api] };
+}
 
 function readingSchema(withNodeId: boolean): object {
   const properties: Record<string, object> = {
-    timestamp: { anyOf: [{ type: 'string', minLength: 1, maxLength: 64 }, { type: 'integer', minimum: 0 }] },
-    powerKw: num(),
-    reactivePowerKvar: num(),
-    voltageV: num({ minimum: 0 }),
-    currentA: num(),
-    frequencyHz: num({ minimum: 40, maximum: 70 }),
-    stateOfChargePct: num({ minimum: 0, maximum: 100 }),
-    temperatureC: num({ minimum: -273.15 }),
-    irradianceWm2: num(),
-    windSpeedMs: num({ minimum: 0 }),
-    gridImportKw: num(),
-    gridExportKw: num(),
+    timestamp: { anyOf: [{ type: 'string', minLength: 1, maxLength: TIME_TEXT_MAX }, { type: 'integer', minimum: 0 }] },
+    ...Object.fromEntries(NUMERIC_FIELDS.map(([api]) => [api, { type: 'number', ...fieldBounds(api) }])),
     healthStatus: { type: 'string', enum: [...HEALTH_STATUSES] },
     quality: { type: 'string', enum: [...QUALITIES] },
     extra: { type: 'object' },
@@ -112,11 +114,10 @@ function readingSchema(withNodeId: boolean): object {
   };
 }
 
-/** NUMERIC_FIELDS position by API name, and the schema's inclusive bounds per position (read from the schema). */
+/** NUMERIC_FIELDS position by API name, and each position's inclusive bounds (those of the schema, fieldBounds). */
 const FIELD_INDEX: Record<string, number | undefined> = Object.assign(Object.create(null) as Record<string, number>, Object.fromEntries(NUMERIC_FIELDS.map(([api], i) => [api, i])));
-const SCHEMA_PROPERTIES = (readingSchema(false) as { properties: Record<string, { minimum?: number; maximum?: number }> }).properties;
-const FIELD_MIN = NUMERIC_FIELDS.map(([api]) => SCHEMA_PROPERTIES[api].minimum ?? -Infinity);
-const FIELD_MAX = NUMERIC_FIELDS.map(([api]) => SCHEMA_PROPERTIES[api].maximum ?? Infinity);
+const FIELD_MIN = NUMERIC_FIELDS.map(([api]) => fieldBounds(api).minimum);
+const FIELD_MAX = NUMERIC_FIELDS.map(([api]) => fieldBounds(api).maximum);
 const HEALTH_SET = new Set<string>(HEALTH_STATUSES);
 const QUALITY_SET = new Set<string>(QUALITIES);
 const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
@@ -242,7 +243,7 @@ export class ReadingValidator {
     }
     if (nodeId === undefined || values[0] === null) return undefined;
     let ts: number | undefined;
-    if (typeof timestamp === 'string') ts = timestamp.length > 0 && timestamp.length <= 64 ? parseIsoFast(timestamp) ?? parseTime(timestamp) : undefined;
+    if (typeof timestamp === 'string') ts = timestamp.length > 0 && timestamp.length <= TIME_TEXT_MAX ? parseIsoFast(timestamp) ?? parseTime(timestamp) : undefined;
     else if (typeof timestamp === 'number') ts = parseTime(timestamp);
     if (ts === undefined || ts > now + FUTURE_TOLERANCE_MS || ts < now - this.ctx.retentionDays * 86_400_000) return undefined;
     let extra: string | null = null;

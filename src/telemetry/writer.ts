@@ -110,6 +110,13 @@ const FLUSH_DUPS = (param: string) => `SELECT e->>0 AS node_id, (e->>1)::date AS
 
 const DIRTY_CONFLICT = `ON CONFLICT (node_id, bucket_start) DO UPDATE SET marked_at = clock_timestamp()`;
 
+/** Marks the dirty buckets `param` lists ([[nodeId, bucketStart]], see dirtyJson), in key order; `where` may gate them. */
+const dirtyMarksSql = (param: string, where = '') => `INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
+  SELECT e->>0 AS node_id, (e->>1)::timestamptz AS bucket_start FROM jsonb_array_elements(${param}::jsonb) e
+  ${where}
+  ORDER BY (e->>0) COLLATE "C", 2
+  ${DIRTY_CONFLICT}`;
+
 /**
  * Large writes, round 0, after COPY into telemetry_stage. Params: $1 dirty buckets of every staged
  * row, $2 latest candidates, $3 identical copies inside the write, $4 staged row count. The dirty
@@ -121,11 +128,7 @@ const LARGE_SQL = `WITH ins AS (
 ), lat AS (
   ${latestSql('$2')}
 ), dirty AS (
-  INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
-  SELECT e->>0 AS node_id, (e->>1)::timestamptz AS bucket_start FROM jsonb_array_elements($1::jsonb) e
-  WHERE (SELECT count(*) FROM ins) = $4::int
-  ORDER BY (e->>0) COLLATE "C", 2
-  ${DIRTY_CONFLICT}
+  ${dirtyMarksSql('$1', 'WHERE (SELECT count(*) FROM ins) = $4::int')}
 ), q AS (
   ${qualitySql([CORRECTIONS_FROM_INS, FLUSH_DUPS('$3')])}
 )
@@ -146,10 +149,7 @@ const DUPS_SQL = `WITH d AS (
 )
 SELECT coalesce(json_agg(json_build_array(node_id, ${EPOCH_MS('ts')})), '[]') AS keys FROM d`;
 
-const DIRTY_SQL = `INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
-  SELECT e->>0 AS node_id, (e->>1)::timestamptz AS bucket_start FROM jsonb_array_elements($1::jsonb) e
-  ORDER BY (e->>0) COLLATE "C", 2
-  ${DIRTY_CONFLICT}`;
+const DIRTY_SQL = dirtyMarksSql('$1');
 
 /**
  * Everything for a small write (or one later round) in one statement, rows as JSON: $1 rows,
@@ -190,10 +190,7 @@ SELECT (SELECT count(*) FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0)::int AS c
 const DIRECT_SQL = `WITH lat AS (
   ${latestSql('$2')}
 ), dirty AS (
-  INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
-  SELECT e->>0 AS node_id, (e->>1)::timestamptz AS bucket_start FROM jsonb_array_elements($1::jsonb) e
-  ORDER BY (e->>0) COLLATE "C", 2
-  ${DIRTY_CONFLICT}
+  ${dirtyMarksSql('$1')}
 ), q AS (
   ${qualitySql([FLUSH_DUPS('$3')])}
 )
@@ -519,30 +516,39 @@ function isSingleStatement(p: Plan, smallRows: number): boolean {
   return p.rounds.length === 1 && p.rounds[0].length <= smallRows;
 }
 
+/** What a plan's statements share: the write's ISO cache, latest candidates and in-write copies (as parameters). */
+interface WriteParams {
+  iso: IsoCache;
+  latest: string;
+  dups: string;
+}
+
 /**
- * Applies the plan. `direct` (one round, inside a transaction, every key new as far as the caller
- * knows): the rows are COPYed straight into telemetry; a key already there fails it with a unique
- * violation, and the caller redoes the write without `direct`.
+ * A direct write (one round, inside a transaction, every key new as far as the caller knows): the
+ * rows are COPYed straight into telemetry, then latest values, dirty buckets and in-write copies
+ * in one statement. A key already there fails the COPY with a unique violation, and the caller
+ * redoes the write on the staged path. Returns the latest versions.
  */
-async function applyPlan(client: pg.PoolClient | pg.Client, p: Plan, smallRows: number, direct = false): Promise<WriteResult> {
-  const iso = new IsoCache();
-  const result: WriteResult = { outcome: p.outcome, stored: 0, duplicates: p.duplicates, corrected: 0, latest: [], changed: [], direct, directConflict: false };
-  const readingTexts: string[] = [];
-  const latestParam = latestJson(p, iso, readingTexts);
-  const dupsParam = flushDupsJson(p);
+async function writeDirect(client: pg.PoolClient | pg.Client, p: Plan, w: WriteParams): Promise<[string, number][]> {
+  if (p.rounds.length !== 1) throw new Error('writeDirect: a direct write has one round');
+  const idx = p.rounds[0];
+  await copyRows(client, p, idx, DIRECT_COPY_SQL);
+  const { rows: out } = await client.query<{ latest: [string, number][] }>({
+    name: 'vpp_ingest_direct',
+    text: DIRECT_SQL,
+    values: [dirtyJson(p, idx, w.iso), w.latest, w.dups],
+  });
+  return out[0].latest;
+}
+
+/**
+ * The staged path, round by round: small rounds as one JSON statement, large ones COPYed into the
+ * staging table and upserted. Adds corrections and duplicates to `result`; returns the latest versions.
+ */
+async function writeRounds(client: pg.PoolClient | pg.Client, p: Plan, smallRows: number, w: WriteParams, result: WriteResult): Promise<[string, number][]> {
+  const { iso } = w;
   let versions: [string, number][] = [];
-  if (direct) {
-    if (p.rounds.length !== 1) throw new Error('applyPlan: a direct write has one round');
-    const idx = p.rounds[0];
-    await copyRows(client, p, idx, DIRECT_COPY_SQL);
-    const { rows: out } = await client.query<{ latest: [string, number][] }>({
-      name: 'vpp_ingest_direct',
-      text: DIRECT_SQL,
-      values: [dirtyJson(p, idx, iso), latestParam, dupsParam],
-    });
-    versions = out[0].latest;
-  }
-  for (let k = 0; k < (direct ? 0 : p.rounds.length); k++) {
+  for (let k = 0; k < p.rounds.length; k++) {
     const idx = p.rounds[k];
     // Latest candidates and copies inside the write do not depend on the telemetry rows: once, first.
     const first = k === 0;
@@ -551,7 +557,7 @@ async function applyPlan(client: pg.PoolClient | pg.Client, p: Plan, smallRows: 
       const { rows: out } = await client.query<{ corrected: number; latest: [string, number][]; dups: [string, number][] }>({
         name: 'vpp_ingest_small',
         text: SMALL_SQL,
-        values: [rowsJson(p, idx, iso), rowMarksJson(p, idx, iso), first ? latestParam : '[]', first ? dupsParam : '[]'],
+        values: [rowsJson(p, idx, iso), rowMarksJson(p, idx, iso), first ? w.latest : '[]', first ? w.dups : '[]'],
       });
       result.corrected += out[0].corrected;
       result.duplicates += markDuplicates(p, idx, out[0].dups);
@@ -566,7 +572,7 @@ async function applyPlan(client: pg.PoolClient | pg.Client, p: Plan, smallRows: 
     const { rows: out } = await client.query<{ written: number; corrected: number; latest: [string, number][] }>({
       name: 'vpp_ingest_large',
       text: LARGE_SQL,
-      values: [dirtyJson(p, idx, iso), latestParam, dupsParam, idx.length],
+      values: [dirtyJson(p, idx, iso), w.latest, w.dups, idx.length],
     });
     result.corrected += out[0].corrected;
     versions = out[0].latest;
@@ -576,6 +582,16 @@ async function applyPlan(client: pg.PoolClient | pg.Client, p: Plan, smallRows: 
       await client.query({ name: 'vpp_ingest_dirty', text: DIRTY_SQL, values: [dirtyJson(p, idx, iso)] });
     }
   }
+  return versions;
+}
+
+/** Applies the plan, directly (see writeDirect) or on the staged path (writeRounds). */
+async function applyPlan(client: pg.PoolClient | pg.Client, p: Plan, smallRows: number, direct = false): Promise<WriteResult> {
+  const iso = new IsoCache();
+  const result: WriteResult = { outcome: p.outcome, stored: 0, duplicates: p.duplicates, corrected: 0, latest: [], changed: [], direct, directConflict: false };
+  const readingTexts: string[] = [];
+  const w: WriteParams = { iso, latest: latestJson(p, iso, readingTexts), dups: flushDupsJson(p) };
+  const versions = direct ? await writeDirect(client, p, w) : await writeRounds(client, p, smallRows, w, result);
   result.stored = p.rows.length - result.duplicates;
   const byNode = new Map<string, number>();
   for (let k = 0; k < p.latest.length; k++) byNode.set(p.rows[p.latest[k]].nodeId, k);
@@ -907,13 +923,16 @@ export class GroupCommitWriter {
           await this.partitions.ensureFor(rows, client);
           const plan = planWrite(rows);
           direct = tryDirect && this.allNew(plan);
+          let result: WriteResult;
           // One statement needs no explicit transaction: it commits on its own, in one round trip.
-          if (!direct && isSingleStatement(plan, this.smallRows)) return Object.assign(await applyPlan(client, plan, this.smallRows), { directConflict: !tryDirect });
-          inTransaction = true;
-          await client.query(direct ? 'BEGIN' : BEGIN_WRITE);
-          const result = await applyPlan(client, plan, this.smallRows, direct);
+          if (!direct && isSingleStatement(plan, this.smallRows)) result = await applyPlan(client, plan, this.smallRows);
+          else {
+            inTransaction = true;
+            await client.query(direct ? 'BEGIN' : BEGIN_WRITE);
+            result = await applyPlan(client, plan, this.smallRows, direct);
+            await client.query('COMMIT');
+          }
           result.directConflict = !tryDirect;
-          await client.query('COMMIT');
           return result;
         } catch (err) {
           if (inTransaction) {
