@@ -114,6 +114,14 @@ describe('operations: partitions, retention, archive, restore', () => {
       await pool.query('INSERT INTO telemetry_dirty_buckets (node_id, bucket_start) VALUES ($1, $2)', ['op-node-0', new Date(d + 3_600_000)]);
       await pool.query('INSERT INTO telemetry_quality_daily (node_id, day, duplicates) VALUES ($1, $2::date, 3)', ['op-node-0', new Date(d).toISOString().slice(0, 10)]);
     }
+    // A direct write's invalidation-log row, still pending, over a dropped day and the kept day:
+    // retention turns it into marks first, then drops the dropped day's.
+    const b = (ms: number) => ms / 900_000;
+    const r = (ms: number) => `[${new Date(ms).toISOString()},${new Date(ms + 900_000).toISOString()})`;
+    await pool.query('INSERT INTO telemetry_invalidation_log (ranges, marks) VALUES ($1::tstzmultirange, $2)', [
+      `{${r(oldDays[0] + 7_200_000)},${r(keptDay + 7_200_000)}}`,
+      JSON.stringify([['op-node-1', b(oldDays[0] + 7_200_000), b(oldDays[0] + 7_200_000) + 1, b(keptDay + 7_200_000), b(keptDay + 7_200_000) + 1]]),
+    ]);
   });
   after(async () => t?.close());
 
@@ -184,8 +192,9 @@ describe('operations: partitions, retention, archive, restore', () => {
     const pool = t.container.db.pool;
     const left = await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM telemetry');
     assert.equal(left.rows[0].n, inserted.get(keptDay)!.length);
-    const dirty = await pool.query<{ b: Date }>('SELECT bucket_start AS b FROM telemetry_dirty_buckets');
-    assert.deepEqual(dirty.rows.map((r) => r.b.getTime()), [keptDay + 3_600_000]);
+    const dirty = await pool.query<{ b: Date }>('SELECT bucket_start AS b FROM telemetry_dirty_buckets ORDER BY bucket_start');
+    assert.deepEqual(dirty.rows.map((r) => r.b.getTime()), [keptDay + 3_600_000, keptDay + 7_200_000]);
+    assert.equal((await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM telemetry_invalidation_log')).rows[0].n, 0);
     const q = await pool.query<{ day: string }>(`SELECT to_char(day, 'YYYY-MM-DD') AS day FROM telemetry_quality_daily`);
     assert.deepEqual(q.rows.map((r) => r.day), [new Date(keptDay).toISOString().slice(0, 10)]);
     const arch = await pool.query<{ partition: string; dropped_at: Date | null; row_count: number }>('SELECT partition, dropped_at, row_count FROM telemetry_archives ORDER BY partition');

@@ -3,6 +3,8 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { createTestApp, KEYS, type TestApp } from './support/app.js';
 import { close, holdRefresherLock, putNode, reference, rng, writeReadings, type TestReading } from './telemetry-query-helpers.js';
+import { nodeFingerprint } from '../src/analytics/store.js';
+import { energyForNodes } from '../src/analytics/energy-many.js';
 
 const iso = (s: string) => Date.parse(s);
 // The fixtures lie in the past (DST dates, real data of 2011 and 2021): retention must not drop them mid-test.
@@ -301,6 +303,61 @@ describe('historical queries', () => {
     checkBuckets(corrected.json().buckets, sent, 180_000, start, start + 2 * H, ['powerKw'], 'after the correction');
     await t.container.jobs.runNow('rollup-refresh');
     checkBuckets((await get(node, q)).json().buckets, sent, 180_000, start, start + 2 * H, ['powerKw'], 'after the refresh');
+  });
+
+  test('through the real ingestion, a direct write (every key newer): its buckets are logged in one row, dirty in the very next answer, marks once the refresher runs', async () => {
+    const node = 'hq-direct';
+    await putNode(t, { nodeId: node, telemetryIntervalSeconds: 60 });
+    const start = Math.floor((Date.now() - 5 * H) / H) * H;
+    const first: TestReading[] = [];
+    for (let i = 0; i < 120; i++) first.push({ ts: start + i * 60_000, powerKw: (i % 9) * 10 - 30, healthStatus: 'ok' });
+    // Newer than all of the first write, from inside the last bucket it filled (whose rollup row it changes).
+    const second: TestReading[] = [];
+    for (let i = 0; i < 120; i++) second.push({ ts: start + 119 * 60_000 + 30_000 + i * 60_000, powerKw: (i % 5) * 25 - 40, healthStatus: i % 13 === 0 ? 'fault' : 'ok' });
+    const post = (rs: TestReading[]) =>
+      t.request({
+        method: 'POST',
+        url: '/api/telemetry/batch',
+        key: KEYS.writer,
+        payload: { readings: rs.map((r) => ({ nodeId: node, timestamp: new Date(r.ts).toISOString(), powerKw: r.powerKw, healthStatus: r.healthStatus })) },
+      });
+    const pool = t.container.db.pool;
+    const count = async (sql: string, values: unknown[] = []) => (await pool.query<{ n: number }>(sql, values)).rows[0].n;
+    const marks = () => count('SELECT count(*)::int AS n FROM telemetry_dirty_buckets WHERE node_id = $1', [node]);
+    const logged = () => count('SELECT count(*)::int AS n FROM telemetry_invalidation_log');
+    const directs = async () => (await t.container.metrics.registry.getSingleMetric('telemetry_direct_writes_total')?.get())?.values[0]?.value ?? 0;
+    assert.equal((await post(first)).statusCode, 200);
+    await t.container.jobs.runNow('rollup-refresh');
+    assert.equal(await marks(), 0);
+    const q = { from: start, to: start + 4 * H, interval: '15m', agg: AGGS.join(','), fill: 'null' };
+    const all = [...first, ...second];
+    const before = await nodeFingerprint(pool, node, start, start + 4 * H);
+    const [logBefore, directBefore] = [await logged(), await directs()];
+    const w = await post(second);
+    assert.equal(w.statusCode, 200, w.body);
+    assert.equal((await directs()) - directBefore, 1, 'the second write went direct');
+    assert.equal((await logged()) - logBefore, 1, 'one log row for the write');
+    assert.equal(await marks(), 0, 'no per-bucket marks');
+    assert.notEqual(await nodeFingerprint(pool, node, start, start + 4 * H), before, 'the analytics fingerprint moved');
+    const fresh = await get(node, q);
+    assert.match(String(fresh.headers['x-rollup-sources']), /raw/);
+    checkBuckets(fresh.json().buckets, all, 180_000, start, start + 4 * H, ['powerKw'], 'after the direct write');
+    // The fleet path (analytics) reads the log too: hourly figures against the reference.
+    const hours = Array.from({ length: 4 }, (_, k) => ({ start: start + k * H, end: start + (k + 1) * H }));
+    const [figures] = await energyForNodes(pool, [{ nodeId: node, telemetryIntervalSeconds: 60, periods: hours }]);
+    hours.forEach((h, k) => {
+      const ref = reference(all, 180_000, h.start, h.end);
+      assert.equal(figures[k].readingCount, ref.count, `readings, hour ${k}`);
+      close(figures[k].energyExportedKwh, ref.exportedKwh, `exported, hour ${k}`);
+      close(figures[k].energyImportedKwh, ref.importedKwh, `imported, hour ${k}`);
+      close(figures[k].heldSeconds, ref.heldSeconds, `held, hour ${k}`);
+    });
+    await t.container.jobs.runNow('rollup-refresh');
+    assert.equal(await logged(), 0, 'the refresher expanded the log');
+    assert.equal(await marks(), 0, 'and cleared the marks it made');
+    const rolled = await get(node, q);
+    assert.equal(rolled.headers['x-rollup-sources'], '15m');
+    checkBuckets(rolled.json().buckets, all, 180_000, start, start + 4 * H, ['powerKw'], 'after the refresh');
   });
 
   test('csv format (query parameter or Accept header)', async () => {

@@ -132,14 +132,20 @@ export async function listLiveNodes(q: Queryable, type?: string): Promise<Analyt
   return rows.map(toNode);
 }
 
+/** Count and highest id of the invalidation-log rows over [lo, hi) (any node). */
+const LOGGED_PART = (lo: string, hi: string) =>
+  `SELECT count(*) || ':' || coalesce(max(id), 0) FROM telemetry_invalidation_log WHERE ranges && tstzrange(${lo}::timestamptz, greatest(${lo}::timestamptz, ${hi}::timestamptz))`;
+
 /**
  * Database part of the freshness fingerprint of one node's analytics over instants `[lo, hi)`,
  * read before an answer is computed. Each part is written in the same database transaction as
  * the write that changes an answer, so it has changed by the time the write is acknowledged:
  * - telemetry: a write marks the 15-minute buckets its readings hold into (the marks lie in the
- *   range of every answer the write touches); the part is the count and newest mark time there.
- *   The refresher later clears marks, which could bring the part back to an earlier value: the
- *   pub/sub generation counters in the cache key (cache.ts) have moved on by then.
+ *   range of every answer the write touches), or, written directly, logs them in one row of
+ *   telemetry_invalidation_log for all its nodes; the part is the count and newest mark time
+ *   there, and the count and highest id of the log rows over the range. The refresher later
+ *   clears marks, which could bring the part back to an earlier value: the pub/sub generation
+ *   counters in the cache key (cache.ts) have moved on by then.
  * - transactions: (count, highest sequence) of the node's settlement, dispatch and adjustment
  *   records, which only grow (pruning removes the lowest sequences, so no earlier pair recurs).
  *   Node-wide, because a follow-up record dated anywhere changes the day of its chain's root.
@@ -150,6 +156,7 @@ export async function nodeFingerprint(q: Queryable, nodeId: string, lo: number, 
     `SELECT concat_ws('|',
        (SELECT count(*) || ':' || coalesce(max(marked_at)::text, '') FROM telemetry_dirty_buckets
          WHERE node_id = $1 AND bucket_start >= $2 AND bucket_start < $3),
+       (${LOGGED_PART('$2', '$3')}),
        (SELECT count(*) || ':' || coalesce(max(sequence), 0) FROM transactions
          WHERE node_id = $1 AND type IN ('settlement', 'dispatch', 'adjustment')),
        coalesce((SELECT version || ':' || updated_at::text FROM nodes WHERE node_id = $1), '-')) AS f`,
@@ -168,6 +175,7 @@ export async function fleetFingerprint(q: Queryable, lo: number, hi: number): Pr
     `SELECT concat_ws('|',
        (SELECT count(*) || ':' || coalesce(max(marked_at)::text, '') FROM telemetry_dirty_buckets
          WHERE bucket_start >= $1 AND bucket_start < $2),
+       (${LOGGED_PART('$1', '$2')}),
        coalesce((SELECT last_sequence::text FROM transaction_chain_head), '-'),
        (SELECT count(*) || ':' || coalesce(sum(version), 0) || ':' || coalesce(max(updated_at)::text, '') FROM nodes)) AS f`,
     [iso(Math.floor(lo / 900_000) * 900_000), iso(hi)],

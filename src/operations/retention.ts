@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type pg from 'pg';
 import { archiveTable, readManifest, removePartial, verifyArchive, type ArchiveManifest } from './archive.js';
 import { DAY_MS, partitionDay } from './partitions.js';
+import { expandInvalidationBatch, LOG_ROWS_PER_EXPANSION } from '../telemetry/rollup-store.js';
 
 /** Marks a partition the retention job has started detaching, so a crashed run can be resumed safely. */
 const DETACH_MARK = 'vpp:retention-detached';
@@ -68,7 +69,8 @@ function quoteIdent(name: string): string {
  *     SHARE UPDATE EXCLUSIVE lock on `telemetry`, so inserts and queries keep running; it waits
  *     for transactions that could see the partition instead of blocking new ones);
  *  2. archive the now-standalone table (nothing can write to it any more) and verify the file;
- *  3. drop it, with the dirty-bucket marks and quality counters of that day, in one transaction.
+ *  3. drop it, with the dirty-bucket marks (after expanding the invalidation log) and quality
+ *     counters of that day, in one transaction.
  * A run that dies in between leaves a marked table that the next run resumes at the right step.
  */
 export async function runTelemetryRetention(pool: pg.Pool, opts: TelemetryRetentionOptions, now = Date.now()): Promise<TelemetryRetentionResult> {
@@ -94,6 +96,9 @@ export async function runTelemetryRetention(pool: pg.Pool, opts: TelemetryRetent
       try {
         await client.query(`DROP TABLE ${quoteIdent(p.name)}`);
         // Marks for a dropped day would make the rollup refresher recompute its buckets from nothing.
+        // Buckets still pending in the invalidation log become marks first (every write to the
+        // partition committed before the detach ended), so none can come back after this.
+        while ((await expandInvalidationBatch(client)) >= LOG_ROWS_PER_EXPANSION);
         await client.query('DELETE FROM telemetry_dirty_buckets WHERE bucket_start >= $1 AND bucket_start < $2', [new Date(p.day), new Date(p.day + DAY_MS)]);
         await client.query('DELETE FROM telemetry_quality_daily WHERE day = $1::date', [new Date(p.day).toISOString().slice(0, 10)]);
         await client.query('UPDATE telemetry_archives SET dropped_at = now() WHERE partition = $1', [p.name]);

@@ -1,5 +1,6 @@
 /**
- * The rollup refresher: recomputes dirty 15-minute buckets from raw readings, rebuilds the
+ * The rollup refresher: turns the invalidation log of direct writes into dirty marks, then
+ * recomputes dirty 15-minute buckets from raw readings, rebuilds the
  * coarser buckets above them (1 h, 2 h, 4 h, 8 h, 1 d), and clears the marks it has answered,
  * all in one transaction per node and batch. A mark set again while the refresher worked keeps its row (marked_at is
  * compared on delete), so the next run picks it up.
@@ -9,7 +10,7 @@ import { withTransaction, type Db } from '../db/pool.js';
 import type { NodeRegistry } from '../metadata/registry.js';
 import { accumulate, mergeRanges } from './rollup-compute.js';
 import { NUMERIC_FIELDS } from './rollup-fields.js';
-import { loadDirtyMarks, loadReadings, loadRollupCaps, markNodeForCapChange, TIER_MS, writeRefreshedBuckets, type BucketRow, type DirtyMark } from './rollup-store.js';
+import { expandInvalidationLog, loadDirtyMarks, loadReadings, loadRollupCaps, markNodeForCapChange, TIER_MS, writeRefreshedBuckets, type BucketRow, type DirtyMark } from './rollup-store.js';
 
 /** Interval assumed for a node without metadata (UNKNOWN_NODES=accept): the `nodes` table default. */
 export const DEFAULT_INTERVAL_SECONDS = 60;
@@ -75,6 +76,8 @@ export class RollupRefresher {
     const touched = new Set<string>();
     for (let batch = 0; batch < this.maxBatches; batch++) {
       if (signal?.aborted) break;
+      // Buckets logged by direct writes become marks first (they settle from now on, as marks do).
+      await expandInvalidationLog(this.db.pool);
       const marks = await loadDirtyMarks(this.db.pool, this.batchSize, settleMs);
       if (marks.length === 0) break;
       const byNode = new Map<string, DirtyMark[]>();

@@ -1,5 +1,6 @@
 /** SQL of rollups: raw reading loads, dirty marks, tier reads and the refresher's writes. */
-import type { Queryable } from '../db/pool.js';
+import type pg from 'pg';
+import { withTransaction, type Queryable } from '../db/pool.js';
 import { mergeAgg, type FieldAgg, type PeriodPartial, type PowerExtras, type ReadingColumns } from './rollup-compute.js';
 import { NUMERIC_FIELDS, type NumericField } from './rollup-fields.js';
 
@@ -64,13 +65,34 @@ export async function loadReadings(q: Queryable, nodeId: string, fields: readonl
   return out;
 }
 
-/** Dirty 15-minute bucket starts of a node in `[lo, hi)` (sorted, epoch ms), and the cap its rollups were built with. */
+/**
+ * SQL yielding `ms`, the 15-minute bucket starts (epoch ms) in `[lo, hi)` (SQL expressions of
+ * timestamptz, lo <= hi) that pending rows of telemetry_invalidation_log cover, for any node: a
+ * direct write logs its buckets there, one row per write, until the refresher turns them into
+ * marks (expandInvalidationLog). Read in the same statement as the marks, so that a refresher
+ * moving an entry from the log to the marks in between cannot hide it.
+ */
+export function loggedBucketsSql(lo: string, hi: string): string {
+  return `SELECT (extract(epoch FROM b) * 1000)::float8 AS ms
+  FROM telemetry_invalidation_log l,
+    unnest(l.ranges * tstzmultirange(tstzrange(${lo}, ${hi}))) AS r,
+    generate_series(date_bin('15 minutes', lower(r), TIMESTAMPTZ 'epoch'), upper(r) - interval '1 microsecond', interval '15 minutes') AS b
+  WHERE l.ranges && tstzrange(${lo}, ${hi})`;
+}
+
+/**
+ * Dirty 15-minute bucket starts of a node in `[lo, hi)` (sorted, epoch ms: its marks and the
+ * buckets pending in the invalidation log), and the cap its rollups were built with.
+ */
 export async function loadDirtyState(q: Queryable, nodeId: string, lo: number, hi: number): Promise<{ dirty: number[]; capSeconds: number | null }> {
   const { rows } = await q.query<{ cap: number | null; dirty: number[] }>(
     `SELECT (SELECT cap_seconds FROM telemetry_rollup_state WHERE node_id = $1) AS cap,
-            ARRAY(SELECT (extract(epoch FROM bucket_start) * 1000)::float8 FROM telemetry_dirty_buckets
-                  WHERE node_id = $1 AND bucket_start >= $2 AND bucket_start < $3 ORDER BY bucket_start) AS dirty`,
-    [nodeId, iso(lo), iso(hi)],
+            ARRAY(SELECT ms FROM (
+                    SELECT (extract(epoch FROM bucket_start) * 1000)::float8 AS ms FROM telemetry_dirty_buckets
+                    WHERE node_id = $1 AND bucket_start >= $2 AND bucket_start < $3
+                    UNION ${loggedBucketsSql('$2::timestamptz', '$3::timestamptz')}) d
+                  ORDER BY ms) AS dirty`,
+    [nodeId, iso(lo), iso(Math.max(lo, hi))],
   );
   return { dirty: rows[0].dirty, capSeconds: rows[0].cap };
 }
@@ -262,6 +284,63 @@ export async function loadDirtyMarks(q: Queryable, limit: number, settleMs = 0):
     [limit, settleMs],
   );
   return rows.map((r) => ({ nodeId: r.node_id, bucketStart: r.b, markedAt: r.at }));
+}
+
+/** Log rows expanded per transaction at most (a direct write's row lists up to ~1,000 nodes). */
+export const LOG_ROWS_PER_EXPANSION = 50;
+
+/**
+ * Turns pending rows of telemetry_invalidation_log into dirty marks, oldest first, each batch in
+ * one transaction that also deletes the rows: queries, which read both in one statement, see a
+ * bucket as dirty throughout. Marks go in in key order, as the writers insert theirs, so the two
+ * cannot deadlock. Returns the log rows expanded.
+ */
+export async function expandInvalidationLog(pool: pg.Pool, maxBatches = 1000): Promise<number> {
+  let done = 0;
+  for (let batch = 0; batch < maxBatches; batch++) {
+    const n = await withTransaction(pool, (c) => expandInvalidationBatch(c));
+    done += n;
+    if (n < LOG_ROWS_PER_EXPANSION) break;
+  }
+  return done;
+}
+
+/**
+ * One batch of expandInvalidationLog in the caller's transaction; returns the log rows expanded
+ * (fewer than LOG_ROWS_PER_EXPANSION: the log was empty after them). Retention runs it before it
+ * deletes a dropped day's marks, so no pending row can mark that day again later.
+ */
+export async function expandInvalidationBatch(c: Queryable): Promise<number> {
+  const { rows } = await c.query<{ id: string; marks: string }>(
+    'SELECT id::text AS id, marks FROM telemetry_invalidation_log ORDER BY id LIMIT $1 FOR UPDATE',
+    [LOG_ROWS_PER_EXPANSION],
+  );
+  if (rows.length === 0) return 0;
+  const byNode = new Map<string, Set<number>>();
+  for (const r of rows) {
+    for (const entry of JSON.parse(r.marks) as [string, ...number[]][]) {
+      let set = byNode.get(entry[0]);
+      if (!set) byNode.set(entry[0], (set = new Set()));
+      for (let k = 1; k + 1 < entry.length; k += 2) for (let b = entry[k] as number; b < (entry[k + 1] as number); b++) set.add(b);
+    }
+  }
+  const nodes: string[] = [];
+  const starts: string[] = [];
+  // Byte order of node ids (they are ASCII), then time: the order of every marks insert.
+  for (const node of [...byNode.keys()].sort()) {
+    for (const b of [...(byNode.get(node) as Set<number>)].sort((x, y) => x - y)) {
+      nodes.push(node);
+      starts.push(iso(b * TIER_MS['15m']));
+    }
+  }
+  await c.query(
+    `INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
+     SELECT node_id, bucket_start FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS m(node_id, bucket_start, k) ORDER BY k
+     ON CONFLICT (node_id, bucket_start) DO UPDATE SET marked_at = clock_timestamp()`,
+    [nodes, starts],
+  );
+  await c.query('DELETE FROM telemetry_invalidation_log WHERE id = ANY($1::bigint[])', [rows.map((r) => r.id)]);
+  return rows.length;
 }
 
 export async function loadRollupCaps(q: Queryable): Promise<Map<string, number>> {

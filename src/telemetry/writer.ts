@@ -184,13 +184,15 @@ SELECT (SELECT count(*) FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0)::int AS c
   (SELECT coalesce(json_agg(json_build_array(node_id, ${EPOCH_MS('ts')})), '[]') FROM dup) AS dups`;
 
 /**
- * After a direct COPY, which wrote every row as new: $1 dirty buckets of every row, $2 latest
- * candidates, $3 identical copies inside the write. No corrections are possible.
+ * After a direct COPY, which wrote every row as new: $1 the write's invalidation ranges (see
+ * invalidationOf), $2 latest candidates, $3 identical copies inside the write, $4 the per-node
+ * bucket runs. No corrections are possible. The buckets are logged in one row of
+ * telemetry_invalidation_log rather than marked one by one (migration 012).
  */
 const DIRECT_SQL = `WITH lat AS (
   ${latestSql('$2')}
-), dirty AS (
-  ${dirtyMarksSql('$1')}
+), logged AS (
+  INSERT INTO telemetry_invalidation_log (ranges, marks) VALUES ($1::tstzmultirange, $4)
 ), q AS (
   ${qualitySql([FLUSH_DUPS('$3')])}
 )
@@ -356,6 +358,57 @@ function dirtyJson(p: Plan, idx: readonly number[], iso: IsoCache): string {
     if (b > next) next = b;
   }
   return `[${parts.join(',')}]`;
+}
+
+/** Bucket numbers (epoch ms / BUCKET_MS) as an ISO time. */
+const bucketIso = (b: number, iso: IsoCache) => iso.iso(b * BUCKET_MS);
+
+/**
+ * The rows `idx` (sorted by node, ts) as one invalidation-log entry: per node the runs of 15-minute
+ * bucket numbers its readings hold into (each overlapping [ts, ts + 3 × telemetryIntervalSeconds),
+ * as dirtyJson marks them) as JSON, and the union over all nodes as a tstzmultirange literal.
+ */
+function invalidationOf(p: Plan, idx: readonly number[], iso: IsoCache): { ranges: string; marks: string } {
+  const parts: string[] = [];
+  const all: [number, number][] = [];
+  let node = '';
+  let runs: number[] = [];
+  const close = () => {
+    if (runs.length === 0) return;
+    parts.push(`[${JSON.stringify(node)},${runs.join(',')}]`);
+    for (let k = 0; k < runs.length; k += 2) all.push([runs[k], runs[k + 1]]);
+  };
+  for (const i of idx) {
+    if (p.outcome[i] === OUTCOME_DUPLICATE) continue;
+    const r = p.rows[i];
+    if (r.nodeId !== node) {
+      close();
+      node = r.nodeId;
+      runs = [];
+    }
+    const s = Math.floor(r.ts / BUCKET_MS);
+    const e = Math.ceil((r.ts + 3 * r.intervalS * 1000) / BUCKET_MS);
+    const n = runs.length;
+    if (n > 0 && s <= runs[n - 1]) {
+      if (e > runs[n - 1]) runs[n - 1] = e;
+    } else runs.push(s, e);
+  }
+  close();
+  all.sort((a, b) => a[0] - b[0]);
+  const merged: string[] = [];
+  let lo = NaN;
+  let hi = NaN;
+  for (const [s, e] of all) {
+    if (s <= hi) {
+      if (e > hi) hi = e;
+      continue;
+    }
+    if (!Number.isNaN(lo)) merged.push(`[${bucketIso(lo, iso)},${bucketIso(hi, iso)})`);
+    lo = s;
+    hi = e;
+  }
+  if (!Number.isNaN(lo)) merged.push(`[${bucketIso(lo, iso)},${bucketIso(hi, iso)})`);
+  return { ranges: `{${merged.join(',')}}`, marks: `[${parts.join(',')}]` };
 }
 
 /** [[nodeId, ts, bucketStart]] per row for SMALL_SQL, which keeps the buckets of rows actually written. */
@@ -525,18 +578,19 @@ interface WriteParams {
 
 /**
  * A direct write (one round, inside a transaction, every key new as far as the caller knows): the
- * rows are COPYed straight into telemetry, then latest values, dirty buckets and in-write copies
- * in one statement. A key already there fails the COPY with a unique violation, and the caller
+ * rows are COPYed straight into telemetry, then latest values, the invalidation-log row and
+ * in-write copies in one statement. A key already there fails the COPY with a unique violation, and the caller
  * redoes the write on the staged path. Returns the latest versions.
  */
 async function writeDirect(client: pg.PoolClient | pg.Client, p: Plan, w: WriteParams): Promise<[string, number][]> {
   if (p.rounds.length !== 1) throw new Error('writeDirect: a direct write has one round');
   const idx = p.rounds[0];
   await copyRows(client, p, idx, DIRECT_COPY_SQL);
+  const inv = invalidationOf(p, idx, w.iso);
   const { rows: out } = await client.query<{ latest: [string, number][] }>({
     name: 'vpp_ingest_direct',
     text: DIRECT_SQL,
-    values: [dirtyJson(p, idx, w.iso), w.latest, w.dups],
+    values: [inv.ranges, w.latest, w.dups, inv.marks],
   });
   return out[0].latest;
 }
