@@ -6,6 +6,7 @@ import { insertNodes, minutesAgo } from './support/telemetry-nodes.js';
 import { GroupCommitWriter, PartitionCache, type WriteResult } from '../src/telemetry/writer.js';
 import type { IngestRow } from '../src/telemetry/validate.js';
 import { arrivalStamp } from '../src/telemetry/ingest-service.js';
+import { expandInvalidationLog } from '../src/telemetry/rollup-store.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -22,7 +23,9 @@ async function rowsOf(t: TestApp, nodeId: string): Promise<DbRow[]> {
   return rows;
 }
 
+/** The node's dirty buckets: its marks once the invalidation log of direct and large writes is expanded into marks. */
 async function dirtyOf(t: TestApp, nodeId: string): Promise<number[]> {
+  await expandInvalidationLog(t.container.db.pool);
   const { rows } = await t.container.db.pool.query<{ b: Date }>('SELECT bucket_start AS b FROM telemetry_dirty_buckets WHERE node_id = $1 ORDER BY 1', [nodeId]);
   return rows.map((r) => r.b.getTime());
 }
@@ -361,6 +364,7 @@ describe('telemetry ingestion (sync)', () => {
     }
 
     // The whole write again: all duplicates, counted per node and UTC day; nothing marked dirty.
+    await expandInvalidationLog(t.container.db.pool);
     await t.container.db.pool.query('DELETE FROM telemetry_dirty_buckets WHERE node_id = ANY($1)', [nodes]);
     const { rows: q0 } = await t.container.db.pool.query('SELECT node_id, day::text, duplicates::int, corrected::int FROM telemetry_quality_daily WHERE node_id = ANY($1)', [nodes]);
     r = await post('/api/telemetry/batch', { readings });

@@ -118,17 +118,18 @@ const dirtyMarksSql = (param: string, where = '') => `INSERT INTO telemetry_dirt
   ${DIRTY_CONFLICT}`;
 
 /**
- * Large writes, round 0, after COPY into telemetry_stage. Params: $1 dirty buckets of every staged
- * row, $2 latest candidates, $3 identical copies inside the write, $4 staged row count. The dirty
- * buckets are marked here only when every staged row was written; otherwise the writer finds the
- * identical re-sends first and marks the buckets of the rest (DUPS_SQL, DIRTY_SQL).
+ * Large writes, round 0, after COPY into telemetry_stage. Params: $1 invalidation ranges of every
+ * staged row, $2 latest candidates, $3 identical copies inside the write, $4 staged row count, $5
+ * the per-node bucket runs (see invalidationOf). When every staged row was written, their buckets
+ * are logged here in one row of telemetry_invalidation_log, as a direct write does; otherwise the
+ * writer finds the identical re-sends first and marks the buckets of the rest (DUPS_SQL, DIRTY_SQL).
  */
 const LARGE_SQL = `WITH ins AS (
   ${upsertSql('telemetry_stage')}
 ), lat AS (
   ${latestSql('$2')}
-), dirty AS (
-  ${dirtyMarksSql('$1', 'WHERE (SELECT count(*) FROM ins) = $4::int')}
+), logged AS (
+  INSERT INTO telemetry_invalidation_log (ranges, marks) SELECT $1::tstzmultirange, $5 WHERE (SELECT count(*) FROM ins) = $4::int
 ), q AS (
   ${qualitySql([CORRECTIONS_FROM_INS, FLUSH_DUPS('$3')])}
 )
@@ -623,10 +624,11 @@ async function writeRounds(client: pg.PoolClient | pg.Client, p: Plan, smallRows
       staged.add(client);
     }
     await copyRows(client, p, idx);
+    const inv = invalidationOf(p, idx, iso);
     const { rows: out } = await client.query<{ written: number; corrected: number; latest: [string, number][] }>({
       name: 'vpp_ingest_large',
       text: LARGE_SQL,
-      values: [dirtyJson(p, idx, iso), w.latest, w.dups, idx.length],
+      values: [inv.ranges, w.latest, w.dups, idx.length, inv.marks],
     });
     result.corrected += out[0].corrected;
     versions = out[0].latest;
