@@ -11,7 +11,7 @@ import type { Period } from '../telemetry/buckets.js';
 import { planPieces } from '../telemetry/query-engine.js';
 import { accumulate, mergeRanges, type ReadingColumns } from '../telemetry/rollup-compute.js';
 import { POWER } from '../telemetry/rollup-fields.js';
-import { loggedBucketsSql, TIER_MS, TIER_TABLE, type Tier } from '../telemetry/rollup-store.js';
+import { loggedRangesSql, TIER_MS, TIER_TABLE, withLoggedBuckets, type Tier } from '../telemetry/rollup-store.js';
 
 /** One node and the periods wanted for it. */
 export interface NodePeriods {
@@ -75,8 +75,8 @@ export async function energyForNodes(q: Queryable, items: readonly NodePeriods[]
 
   // Dirty marks before rollups, as aggregatePeriods does: a write acknowledged before the call is reflected.
   // The invalidation log covers every node: read in the same statement as the marks (see loadDirtyState).
-  const { rows: st } = await q.query<{ node_id: string; cap: number | null; dirty: number[] | null; logged: number[] | null }>(
-    `WITH lg AS MATERIALIZED (SELECT array_agg(DISTINCT ms) AS a FROM (${loggedBucketsSql('$2::timestamptz', '$3::timestamptz')}) x)
+  const { rows: st } = await q.query<{ node_id: string; cap: number | null; dirty: number[] | null; logged: number[][] }>(
+    `WITH lg AS MATERIALIZED (SELECT ${loggedRangesSql('$2::timestamptz', '$3::timestamptz')} AS a)
      SELECT n.node_id, s.cap_seconds AS cap,
             (SELECT array_agg((extract(epoch FROM d.bucket_start) * 1000)::float8 ORDER BY d.bucket_start)
                FROM telemetry_dirty_buckets d WHERE d.node_id = n.node_id AND d.bucket_start >= $2 AND d.bucket_start < $3) AS dirty,
@@ -84,8 +84,7 @@ export async function energyForNodes(q: Queryable, items: readonly NodePeriods[]
      FROM unnest($1::text[]) AS n(node_id) LEFT JOIN telemetry_rollup_state s ON s.node_id = n.node_id`,
     [nodeIds, iso(lo), iso(Math.max(lo, hi))],
   );
-  const merge = (a: number[] | null, b: number[] | null) => (b && b.length ? [...new Set([...(a ?? []), ...b])].sort((x, y) => x - y) : (a ?? []));
-  const state = new Map(st.map((r) => [r.node_id, { cap: r.cap, dirty: merge(r.dirty, r.logged) }]));
+  const state = new Map(st.map((r) => [r.node_id, { cap: r.cap, dirty: withLoggedBuckets(r.dirty ?? [], r.logged) }]));
 
   type Piece = { tier: Tier; node: string; lo: number; hi: number; item: number; period: number };
   const pieces: Piece[] = [];
