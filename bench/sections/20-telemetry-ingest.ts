@@ -5,7 +5,7 @@
  *      distinct, sorted), 2 connections, 10,000 rows a transaction;
  *  (a′) diagnostic: plain SQL doing what the service's writer does in (b), in 2,000-row
  *      transactions (its flush size there): the rows, all new, inserted without conflict handling
- *      (COPY into a staging table, then one INSERT), telemetry_latest and the dirty buckets;
+ *      (COPY into a staging table, then one INSERT), telemetry_latest and the invalidation-log row;
  *  (a″) diagnostic: plain COPY straight into telemetry, 2 connections, 10,000 rows a transaction,
  *      no conflict handling: what writing rows known to be new costs (the service's direct path
  *      for such rows; it falls back to the staged upsert when a key exists);
@@ -97,26 +97,66 @@ const RAW_SQL = `INSERT INTO telemetry AS t (${COLS}) SELECT ${COLS} FROM raw_st
  * (a′), a diagnostic beside (a): plain SQL doing the work of the service's writer in (b), in
  * transactions of its flush size there (~2,000 rows): the rows go in without conflict handling,
  * as the service's direct path writes rows newer than their node's latest (here through a staging
- * table, which the latest and dirty-bucket statements read; the service COPYs straight into
- * telemetry and sends those two as parameters), and the same transaction keeps `telemetry_latest`
- * (newest reading per node, as jsonb) and the dirty 15-minute buckets of [ts, ts + 3 min).
+ * table; the service COPYs straight into telemetry), and the same transaction keeps
+ * `telemetry_latest` with the writer's own statement (newest reading per node, sent as a jsonb
+ * parameter prepared in the client as the service prepares it) and inserts the write's row of
+ * `telemetry_invalidation_log` (its dirty 15-minute buckets of [ts, ts + 3 min), text prepared in
+ * the client).
  * (b)/(a′) is then the share of the database-only figure the HTTP path keeps once the bookkeeping
  * the design needs is paid on both sides.
  */
 const NEW_ROWS_SQL = `INSERT INTO telemetry (${COLS}) SELECT ${COLS} FROM raw_stage ORDER BY node_id, ts`;
+/** The service writer's statement for latest values (writer.ts latestSql), from candidates sent as a jsonb parameter. */
 const LATEST_SQL = `INSERT INTO telemetry_latest AS l (node_id, ts, received_at, reading)
-  SELECT DISTINCT ON (node_id COLLATE "C") node_id, ts, received_at,
-    jsonb_strip_nulls(jsonb_build_object('nodeId', node_id, 'timestamp', ts, 'powerKw', power_kw, 'voltageV', voltage_v,
-      'frequencyHz', frequency_hz, 'stateOfChargePct', state_of_charge_pct, 'healthStatus', health_status, 'quality', quality))
-  FROM raw_stage ORDER BY node_id COLLATE "C", ts DESC
+  SELECT e->>0, (e->>1)::timestamptz, (e->>2)::timestamptz, e->3 FROM jsonb_array_elements($1::jsonb) e
+  ORDER BY (e->>0) COLLATE "C"
   ON CONFLICT (node_id) DO UPDATE SET ts = EXCLUDED.ts, received_at = EXCLUDED.received_at, reading = EXCLUDED.reading,
     version = nextval('telemetry_latest_version_seq')
-  WHERE EXCLUDED.ts > l.ts OR (EXCLUDED.ts = l.ts AND EXCLUDED.reading IS DISTINCT FROM l.reading)`;
-const DIRTY_SQL = `INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
-  SELECT DISTINCT node_id, b FROM raw_stage,
-    LATERAL (VALUES (date_bin('15 minutes', ts, 'epoch')), (date_bin('15 minutes', ts + interval '179.999 seconds', 'epoch'))) v(b)
-  ORDER BY 1, 2
-  ON CONFLICT (node_id, bucket_start) DO UPDATE SET marked_at = clock_timestamp()`;
+  WHERE EXCLUDED.ts > l.ts OR (EXCLUDED.ts = l.ts AND EXCLUDED.received_at >= l.received_at AND EXCLUDED.reading IS DISTINCT FROM l.reading)
+  RETURNING l.node_id, l.version`;
+
+/** Latest candidates of a transaction's rows as the writer sends them: per node its newest row, [nodeId, ts, receivedAt, reading]. */
+function latestParam(rows: Reading[], recv: string): string {
+  const newest = new Map<string, Reading>();
+  for (const r of rows) {
+    const n = newest.get(r.nodeId);
+    if (!n || r.timestamp > n.timestamp) newest.set(r.nodeId, r);
+  }
+  return JSON.stringify([...newest.values()].sort((x, y) => (x.nodeId < y.nodeId ? -1 : 1)).map((r) => [r.nodeId, r.timestamp, recv, r]));
+}
+
+/** The writer's invalidation-log row of a transaction (migration 012), its text prepared in the client as the service does. */
+const LOG_SQL = `INSERT INTO telemetry_invalidation_log (ranges, marks) VALUES ($1::tstzmultirange, $2)`;
+
+/** Per node the runs of 15-minute bucket numbers that [ts, ts + 3 min) touch, and their union as a multirange literal. */
+function logRow(rows: Reading[]): [string, string] {
+  const Q = 900_000;
+  const byNode = new Map<string, number[]>();
+  for (const r of rows) {
+    const ts = Date.parse(r.timestamp);
+    const s = Math.floor(ts / Q);
+    const e = Math.ceil((ts + 180_000) / Q);
+    const runs = byNode.get(r.nodeId) ?? [];
+    if (runs.length > 0 && s <= runs[runs.length - 1]) runs[runs.length - 1] = Math.max(runs[runs.length - 1], e);
+    else runs.push(s, e);
+    byNode.set(r.nodeId, runs);
+  }
+  const all: [number, number][] = [];
+  const marks: string[] = [];
+  for (const [node, runs] of [...byNode].sort(([x], [y]) => (x < y ? -1 : 1))) {
+    marks.push(`[${JSON.stringify(node)},${runs.join(',')}]`);
+    for (let k = 0; k < runs.length; k += 2) all.push([runs[k], runs[k + 1]]);
+  }
+  all.sort((x, y) => x[0] - y[0]);
+  const merged: [number, number][] = [];
+  for (const [s, e] of all) {
+    const last = merged[merged.length - 1];
+    if (last && s <= last[1]) last[1] = Math.max(last[1], e);
+    else merged.push([s, e]);
+  }
+  const iso = (b: number) => new Date(b * Q).toISOString();
+  return [`{${merged.map(([s, e]) => `[${iso(s)},${iso(e)})`).join(',')}}`, `[${marks.join(',')}]`];
+}
 
 async function rawCeiling(url: string, readings: Reading[], opts: { rowsPerTx: number; bookkeeping: boolean; direct?: boolean } = { rowsPerTx: 10_000, bookkeeping: false }): Promise<{ rate: number; cpu: string }> {
   const days = new Set(readings.map((r) => r.timestamp.slice(0, 10)));
@@ -127,16 +167,26 @@ async function rawCeiling(url: string, readings: Reading[], opts: { rowsPerTx: n
   const recv = new Date().toISOString();
   // Text prepared before timing: the figure is the database's, not the serialiser's.
   const chunks: string[][] = [[], []];
+  const logs: [string, string][][] = [[], []];
+  const latests: string[][] = [[], []];
   const parts: string[][] = [[], []];
+  const rowsOf: Reading[][] = [[], []];
+  const close = (w: number) => {
+    chunks[w].push(parts[w].join(''));
+    if (opts.bookkeeping) {
+      logs[w].push(logRow(rowsOf[w]));
+      latests[w].push(latestParam(rowsOf[w], recv));
+    }
+    parts[w] = [];
+    rowsOf[w] = [];
+  };
   for (const r of readings) {
     const w = Number(r.nodeId.slice(-4)) % 2;
     parts[w].push(`${r.nodeId}\t${r.timestamp}\t${recv}\t${r.powerKw}\t${r.voltageV}\t${r.frequencyHz}\t${r.stateOfChargePct}\t${r.healthStatus}\t${r.quality}\n`);
-    if (parts[w].length === opts.rowsPerTx) {
-      chunks[w].push(parts[w].join(''));
-      parts[w] = [];
-    }
+    rowsOf[w].push(r);
+    if (parts[w].length === opts.rowsPerTx) close(w);
   }
-  for (let w = 0; w < 2; w++) if (parts[w].length) chunks[w].push(parts[w].join(''));
+  for (let w = 0; w < 2; w++) if (parts[w].length) close(w);
   const clients = await Promise.all(
     [0, 1].map(async () => {
       const c = new pg.Client({ connectionString: url });
@@ -149,7 +199,7 @@ async function rawCeiling(url: string, readings: Reading[], opts: { rowsPerTx: n
   const t0 = performance.now();
   await Promise.all(
     clients.map(async (c, w) => {
-      for (const text of chunks[w]) {
+      for (const [k, text] of chunks[w].entries()) {
         await c.query('BEGIN');
         await new Promise<void>((resolve, reject) => {
           const s = c.query(copyFrom(opts.direct ? `COPY telemetry (${COLS}) FROM STDIN` : `COPY raw_stage FROM STDIN`));
@@ -160,8 +210,8 @@ async function rawCeiling(url: string, readings: Reading[], opts: { rowsPerTx: n
         if (opts.bookkeeping) await c.query(NEW_ROWS_SQL);
         else if (!opts.direct) await c.query(RAW_SQL);
         if (opts.bookkeeping) {
-          await c.query(LATEST_SQL);
-          await c.query(DIRTY_SQL);
+          await c.query(LATEST_SQL, [latests[w][k]]);
+          await c.query(LOG_SQL, logs[w][k]);
         }
         await c.query('COMMIT');
       }
@@ -406,7 +456,7 @@ export const section: BenchSection = {
         p99.push(percentile(lat, 99));
         console.log(`   run ${run + 1}: (a) ${Math.round(a)}/s  (b) ${Math.round(b.rate)}/s  (b)/(a) ${(b.rate / a).toFixed(3)}  (c) ${Math.round(c)}/s  latest p50 ${percentile(lat, 50).toFixed(3)} ms`);
         const flushes2 = await flushSizes(s);
-        console.log(`          (a′) new rows + latest + dirty buckets, 2,000 rows a transaction: ${Math.round(a2)}/s, (b)/(a′) ${(b.rate / a2).toFixed(3)}; ${a2Cpu}`);
+        console.log(`          (a′) new rows + latest + invalidation-log row, 2,000 rows a transaction: ${Math.round(a2)}/s, (b)/(a′) ${(b.rate / a2).toFixed(3)}; ${a2Cpu}`);
         console.log(`          (a″) plain COPY into telemetry, no conflict handling: ${Math.round(a3)}/s, (b)/(a″) ${(b.rate / a3).toFixed(3)}; ${a3Cpu}`);
         console.log(`          rollup catch-up after (b): ${refresh.buckets} buckets in ${refresh.seconds.toFixed(2)} s (${refresh.cpu})`);
         console.log(`          (a) ${aCpu}\n          (b) ${b.cpu}, ${flushes.count} flushes of ${Math.round(flushes.sum / flushes.count)} readings on average (${flushes.direct} direct)\n          (c) ${cCpu}, ${flushes2.count - flushes.count} flushes of ${((flushes2.sum - flushes.sum) / (flushes2.count - flushes.count)).toFixed(1)} readings on average (${flushes2.direct - flushes.direct} direct)`);
@@ -418,7 +468,7 @@ export const section: BenchSection = {
     ctx.report(S, '(a) raw ceiling: COPY + INSERT ON CONFLICT, 2 connections', median(raw), 'readings/s', `${readings.length} rows`);
     ctx.report(S, '(b) sync HTTP batch, 1,000/request, 8 clients', median(batch), 'readings/s', cache);
     ctx.report(S, '(b)/(a) same run', median(ratio), 'ratio', 'bar ≥ 0.75');
-    ctx.report(S, "(a′) diagnostic: new rows + latest + dirty buckets, 2,000 rows a transaction", median(rawPrime), 'readings/s', 'the database alone doing the writer\'s work');
+    ctx.report(S, "(a′) diagnostic: new rows + latest + invalidation-log row, 2,000 rows a transaction", median(rawPrime), 'readings/s', 'the database alone doing the writer\'s work');
     ctx.report(S, "(b)/(a′) same run", median(ratioPrime), 'ratio', 'the HTTP path against the database doing the same work');
     ctx.report(S, '(a″) diagnostic: plain COPY into telemetry, no conflict handling', median(rawDirect), 'readings/s', 'rows known to be new');
     ctx.report(S, '(b)/(a″) same run', median(ratioDirect), 'ratio', 'the HTTP path against writing new rows with no conflict handling');
