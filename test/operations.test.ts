@@ -339,6 +339,38 @@ describe('operations: partitions, retention, archive, restore', () => {
     assert.match(text, /^retention_partition_step_duration_seconds_count\{step="archive"\} 4$/m);
   });
 
+  test('a concurrent detach left pending (interrupted in its second phase) is finalized, archived and dropped', async () => {
+    const pool = t.container.db.pool;
+    const d = today - 40 * DAY;
+    const rows = await insertDay(d, 2, 30);
+    // A snapshot that can see the partition makes DETACH … CONCURRENTLY wait in its second
+    // transaction; cancelled there (statement_timeout), it leaves the partition "detach pending".
+    const reader = await pool.connect();
+    const detacher = await pool.connect();
+    try {
+      await reader.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+      await reader.query('SELECT count(*) FROM telemetry');
+      await detacher.query("SET statement_timeout = '1s'");
+      await assert.rejects(detacher.query(`ALTER TABLE telemetry DETACH PARTITION ${dayName(d)} CONCURRENTLY`), /statement timeout/);
+      await detacher.query('RESET statement_timeout');
+      await reader.query('COMMIT');
+    } finally {
+      reader.release();
+      detacher.release();
+    }
+    const { rows: inh } = await pool.query<{ pending: boolean }>(
+      `SELECT i.inhdetachpending AS pending FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE c.relname = $1`,
+      [dayName(d)],
+    );
+    assert.deepEqual(inh, [{ pending: true }], 'the partition is left detach-pending');
+    const s = await t.container.jobs.runNow(OPERATIONS_JOBS.telemetryRetention);
+    assert.equal(s.outcome, 'ok', s.error);
+    assert.deepEqual((s.details as { dropped: string[] }).dropped, [dayName(d)]);
+    assert.equal(await tableExists(dayName(d)), false);
+    const m = JSON.parse(await readFile(path.join(t.container.config.dataDir, 'archive', `${dayName(d)}.manifest.json`), 'utf8')) as ArchiveManifest;
+    assert.equal(m.rowCount, rows.length);
+  });
+
   test('metrics: a saturated pool shows as active connections and waiting requests', async () => {
     const pool = t.container.db.pool;
     const held: PoolClient[] = [];
