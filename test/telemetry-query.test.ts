@@ -352,7 +352,8 @@ describe('historical queries', () => {
       close(figures[k].energyImportedKwh, ref.importedKwh, `imported, hour ${k}`);
       close(figures[k].heldSeconds, ref.heldSeconds, `held, hour ${k}`);
     });
-    await t.container.jobs.runNow('rollup-refresh');
+    const run = await t.container.jobs.runNow('rollup-refresh');
+    assert.ok((run.details as { logged: number }).logged >= 1, 'the run reports the log rows it expanded');
     assert.equal(await logged(), 0, 'the refresher expanded the log');
     assert.equal(await marks(), 0, 'and cleared the marks it made');
     const rolled = await get(node, q);

@@ -29,6 +29,8 @@ export interface RefreshResult {
   capChanges: number;
   /** True when marks were left for the next run (batch limit reached). */
   more: boolean;
+  /** Invalidation-log rows (one per direct or large write) turned into marks. */
+  logged: number;
 }
 
 export interface RefresherOptions {
@@ -63,7 +65,7 @@ export class RollupRefresher {
   /** One refresh run: cap changes first, then dirty buckets in batches. */
   async refreshOnce(signal?: AbortSignal, opts: { settleMs?: number } = {}): Promise<RefreshResult> {
     const settleMs = opts.settleMs ?? this.settleMs;
-    const result: RefreshResult = { buckets: 0, nodes: 0, capChanges: 0, more: false };
+    const result: RefreshResult = { buckets: 0, nodes: 0, capChanges: 0, more: false, logged: 0 };
     const caps = await loadRollupCaps(this.db.pool);
     for (const [nodeId, cap] of caps) {
       const now = capSecondsOf(this.nodes, nodeId);
@@ -77,7 +79,7 @@ export class RollupRefresher {
     for (let batch = 0; batch < this.maxBatches; batch++) {
       if (signal?.aborted) break;
       // Buckets logged by direct writes become marks first (they settle from now on, as marks do).
-      await expandInvalidationLog(this.db.pool);
+      result.logged += await expandInvalidationLog(this.db.pool);
       const marks = await loadDirtyMarks(this.db.pool, this.batchSize, settleMs);
       if (marks.length === 0) break;
       const byNode = new Map<string, DirtyMark[]>();
