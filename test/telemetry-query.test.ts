@@ -54,6 +54,14 @@ describe('historical queries', () => {
 
   const get = (node: string, params: Record<string, string | number | undefined>, headers: Record<string, string> = {}) =>
     t.request({ method: 'GET', url: `/api/telemetry/${node}/historical?${qs(params)}`, headers, key: KEYS.read });
+  /** Readings of one node through the real batch ingestion (powerKw and healthStatus). */
+  const postBatch = (node: string, rs: TestReading[]) =>
+    t.request({
+      method: 'POST',
+      url: '/api/telemetry/batch',
+      key: KEYS.writer,
+      payload: { readings: rs.map((r) => ({ nodeId: node, timestamp: new Date(r.ts).toISOString(), powerKw: r.powerKw, healthStatus: r.healthStatus })) },
+    });
 
   before(async () => {
     t = await createTestApp({ env: KEEP_OLD_DATA });
@@ -281,13 +289,7 @@ describe('historical queries', () => {
     const start = Math.floor((Date.now() - 3 * H) / H) * H;
     const sent: TestReading[] = [];
     for (let i = 0; i < 120; i++) sent.push({ ts: start + i * 60_000, powerKw: (i % 7) * 10 - 20, healthStatus: i % 11 === 0 ? 'fault' : 'ok' });
-    const post = (rs: TestReading[]) =>
-      t.request({
-        method: 'POST',
-        url: '/api/telemetry/batch',
-        key: KEYS.writer,
-        payload: { readings: rs.map((r) => ({ nodeId: node, timestamp: new Date(r.ts).toISOString(), powerKw: r.powerKw, healthStatus: r.healthStatus })) },
-      });
+    const post = (rs: TestReading[]) => postBatch(node, rs);
     const w = await post(sent);
     assert.equal(w.statusCode, 200, w.body);
     const q = { from: start, to: start + 2 * H, interval: '15m', agg: AGGS.join(','), fill: 'null' };
@@ -314,13 +316,7 @@ describe('historical queries', () => {
     // Newer than all of the first write, from inside the last bucket it filled (whose rollup row it changes).
     const second: TestReading[] = [];
     for (let i = 0; i < 120; i++) second.push({ ts: start + 119 * 60_000 + 30_000 + i * 60_000, powerKw: (i % 5) * 25 - 40, healthStatus: i % 13 === 0 ? 'fault' : 'ok' });
-    const post = (rs: TestReading[]) =>
-      t.request({
-        method: 'POST',
-        url: '/api/telemetry/batch',
-        key: KEYS.writer,
-        payload: { readings: rs.map((r) => ({ nodeId: node, timestamp: new Date(r.ts).toISOString(), powerKw: r.powerKw, healthStatus: r.healthStatus })) },
-      });
+    const post = (rs: TestReading[]) => postBatch(node, rs);
     const pool = t.container.db.pool;
     const count = async (sql: string, values: unknown[] = []) => (await pool.query<{ n: number }>(sql, values)).rows[0].n;
     const marks = () => count('SELECT count(*)::int AS n FROM telemetry_dirty_buckets WHERE node_id = $1', [node]);
