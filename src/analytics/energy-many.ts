@@ -74,17 +74,19 @@ export async function energyForNodes(q: Queryable, items: readonly NodePeriods[]
   const hi = Math.max(...live.map(({ it }) => it.periods[it.periods.length - 1].end));
 
   // Dirty marks before rollups, as aggregatePeriods does: a write acknowledged before the call is reflected.
-  // The invalidation log covers every node: read in the same statement as the marks (see loadDirtyState).
-  const { rows: st } = await q.query<{ node_id: string; cap: number | null; dirty: number[] | null; logged: number[][] }>(
-    `WITH lg AS MATERIALIZED (SELECT ${loggedRangesSql('$2::timestamptz', '$3::timestamptz')} AS a)
-     SELECT n.node_id, s.cap_seconds AS cap,
+  // The invalidation log covers every node: read in the same statement as the marks (see
+  // loadDirtyState), and returned once, with the first node's row.
+  const { rows: st } = await q.query<{ node_id: string; cap: number | null; dirty: number[] | null; logged: number[][] | null }>(
+    `SELECT n.node_id, s.cap_seconds AS cap,
             (SELECT array_agg((extract(epoch FROM d.bucket_start) * 1000)::float8 ORDER BY d.bucket_start)
                FROM telemetry_dirty_buckets d WHERE d.node_id = n.node_id AND d.bucket_start >= $2 AND d.bucket_start < $3) AS dirty,
-            (SELECT a FROM lg) AS logged
-     FROM unnest($1::text[]) AS n(node_id) LEFT JOIN telemetry_rollup_state s ON s.node_id = n.node_id`,
+            CASE WHEN n.k = 1 THEN ${loggedRangesSql('$2::timestamptz', '$3::timestamptz')} END AS logged
+     FROM unnest($1::text[]) WITH ORDINALITY AS n(node_id, k) LEFT JOIN telemetry_rollup_state s ON s.node_id = n.node_id
+     ORDER BY n.k`,
     [nodeIds, iso(lo), iso(Math.max(lo, hi))],
   );
-  const state = new Map(st.map((r) => [r.node_id, { cap: r.cap, dirty: withLoggedBuckets(r.dirty ?? [], r.logged) }]));
+  const logged = st[0]?.logged ?? null;
+  const state = new Map(st.map((r) => [r.node_id, { cap: r.cap, dirty: withLoggedBuckets(r.dirty ?? [], logged) }]));
 
   type Piece = { tier: Tier; node: string; lo: number; hi: number; item: number; period: number };
   const pieces: Piece[] = [];

@@ -68,7 +68,7 @@ export async function loadReadings(q: Queryable, nodeId: string, fields: readonl
 /**
  * SQL yielding the parts of `[lo, hi)` (SQL expressions of timestamptz, lo <= hi) that pending rows
  * of telemetry_invalidation_log cover, for any node, as a float8[][] of [start, end] epoch ms (the
- * row's ranges are whole 15-minute buckets; see loggedBuckets): a direct or large write logs its
+ * row's ranges are whole 15-minute buckets; see withLoggedBuckets): a direct or large write logs its
  * buckets there, one row per write, until the refresher turns them into marks
  * (expandInvalidationLog). Read in the same statement as the marks, so that a refresher moving an
  * entry from the log to the marks in between cannot hide it. The buckets are listed in the

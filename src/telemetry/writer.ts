@@ -108,28 +108,26 @@ function qualitySql(sources: string[]): string {
 const CORRECTIONS_FROM_INS = `SELECT node_id, (ts AT TIME ZONE 'UTC')::date AS day, 0::bigint AS dups, 1::bigint AS corr FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0`;
 const FLUSH_DUPS = (param: string) => `SELECT e->>0 AS node_id, (e->>1)::date AS day, (e->>2)::bigint AS dups, 0::bigint AS corr FROM jsonb_array_elements(${param}::jsonb) e`;
 
-const DIRTY_CONFLICT = `ON CONFLICT (node_id, bucket_start) DO UPDATE SET marked_at = clock_timestamp()`;
-
-/** Marks the dirty buckets `param` lists ([[nodeId, bucketStart]], see dirtyJson), in key order; `where` may gate them. */
-const dirtyMarksSql = (param: string, where = '') => `INSERT INTO telemetry_dirty_buckets AS d (node_id, bucket_start)
-  SELECT e->>0 AS node_id, (e->>1)::timestamptz AS bucket_start FROM jsonb_array_elements(${param}::jsonb) e
-  ${where}
-  ORDER BY (e->>0) COLLATE "C", 2
-  ${DIRTY_CONFLICT}`;
+/**
+ * One row of telemetry_invalidation_log (migration 012) from the write's invalidation ranges and
+ * per-node bucket runs (see invalidationOf); `where` may gate it.
+ */
+const logInsertSql = (ranges: string, marks: string, where = '') =>
+  `INSERT INTO telemetry_invalidation_log (ranges, marks) SELECT ${ranges}::tstzmultirange, ${marks} ${where}`;
 
 /**
  * Large writes, round 0, after COPY into telemetry_stage. Params: $1 invalidation ranges of every
  * staged row, $2 latest candidates, $3 identical copies inside the write, $4 staged row count, $5
  * the per-node bucket runs (see invalidationOf). When every staged row was written, their buckets
  * are logged here in one row of telemetry_invalidation_log, as a direct write does; otherwise the
- * writer finds the identical re-sends first and marks the buckets of the rest (DUPS_SQL, DIRTY_SQL).
+ * writer finds the identical re-sends first and logs the buckets of the rest (DUPS_SQL, LOG_SQL).
  */
 const LARGE_SQL = `WITH ins AS (
   ${upsertSql('telemetry_stage')}
 ), lat AS (
   ${latestSql('$2')}
 ), logged AS (
-  INSERT INTO telemetry_invalidation_log (ranges, marks) SELECT $1::tstzmultirange, $5 WHERE (SELECT count(*) FROM ins) = $4::int
+  ${logInsertSql('$1', '$5', 'WHERE (SELECT count(*) FROM ins) = $4::int')}
 ), q AS (
   ${qualitySql([CORRECTIONS_FROM_INS, FLUSH_DUPS('$3')])}
 )
@@ -150,7 +148,8 @@ const DUPS_SQL = `WITH d AS (
 )
 SELECT coalesce(json_agg(json_build_array(node_id, ${EPOCH_MS('ts')})), '[]') AS keys FROM d`;
 
-const DIRTY_SQL = dirtyMarksSql('$1');
+/** Run only when a large write wrote fewer rows than it staged: the log row of the rows it wrote. */
+const LOG_SQL = logInsertSql('$1', '$2');
 
 /**
  * Everything for a small write (or one later round) in one statement, rows as JSON: $1 rows,
@@ -176,7 +175,7 @@ const SMALL_SQL = `WITH s AS MATERIALIZED (
     SELECT DISTINCT e->>0 AS node_id, (e->>2)::timestamptz AS bucket_start FROM jsonb_array_elements($2::jsonb) e
     WHERE (e->>0, (e->>1)::timestamptz) NOT IN (SELECT node_id, ts FROM dup)) b
   ORDER BY node_id COLLATE "C", bucket_start
-  ${DIRTY_CONFLICT}
+  ON CONFLICT (node_id, bucket_start) DO UPDATE SET marked_at = clock_timestamp()
 ), q AS (
   ${qualitySql([CORRECTIONS_FROM_INS, FLUSH_DUPS('$4'), `SELECT node_id, (ts AT TIME ZONE 'UTC')::date, 1::bigint, 0::bigint FROM dup`])}
 )
@@ -193,7 +192,7 @@ SELECT (SELECT count(*) FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0)::int AS c
 const DIRECT_SQL = `WITH lat AS (
   ${latestSql('$2')}
 ), logged AS (
-  INSERT INTO telemetry_invalidation_log (ranges, marks) VALUES ($1::tstzmultirange, $4)
+  ${logInsertSql('$1', '$4')}
 ), q AS (
   ${qualitySql([FLUSH_DUPS('$3')])}
 )
@@ -336,29 +335,11 @@ function flushDupsJson(p: Plan): string {
 }
 
 /**
- * [[nodeId, bucketStart]]: dirty 15-minute buckets (epoch-aligned, UTC) of the rows `idx` (sorted by
- * node, ts) that were written: every bucket overlapping [ts, ts + 3 × telemetryIntervalSeconds).
- * Rows of a node come in time order, so a bucket already listed for the node is below `next`.
+ * The 15-minute buckets (epoch-aligned, UTC) a reading holds into, as bucket numbers (epoch ms /
+ * BUCKET_MS), half-open: every bucket overlapping [ts, ts + 3 × telemetryIntervalSeconds).
  */
-function dirtyJson(p: Plan, idx: readonly number[], iso: IsoCache): string {
-  const parts: string[] = [];
-  let node = '';
-  let nodeJson = '';
-  let next = -Infinity;
-  for (const i of idx) {
-    if (p.outcome[i] === OUTCOME_DUPLICATE) continue;
-    const r = p.rows[i];
-    if (r.nodeId !== node) {
-      node = r.nodeId;
-      nodeJson = JSON.stringify(node);
-      next = -Infinity;
-    }
-    const end = r.ts + 3 * r.intervalS * 1000;
-    let b = Math.max(Math.floor(r.ts / BUCKET_MS) * BUCKET_MS, next);
-    for (; b < end; b += BUCKET_MS) parts.push(`[${nodeJson},"${iso.iso(b)}"]`);
-    if (b > next) next = b;
-  }
-  return `[${parts.join(',')}]`;
+function holdBuckets(r: IngestRow): [number, number] {
+  return [Math.floor(r.ts / BUCKET_MS), Math.ceil((r.ts + 3 * r.intervalS * 1000) / BUCKET_MS)];
 }
 
 /** Bucket numbers (epoch ms / BUCKET_MS) as an ISO time. */
@@ -366,8 +347,8 @@ const bucketIso = (b: number, iso: IsoCache) => iso.iso(b * BUCKET_MS);
 
 /**
  * The rows `idx` (sorted by node, ts) as one invalidation-log entry: per node the runs of 15-minute
- * bucket numbers its readings hold into (each overlapping [ts, ts + 3 × telemetryIntervalSeconds),
- * as dirtyJson marks them) as JSON, and the union over all nodes as a tstzmultirange literal.
+ * bucket numbers its written readings hold into (holdBuckets) as JSON, and the union over all
+ * nodes as a tstzmultirange literal ('{}' when no row was written).
  */
 function invalidationOf(p: Plan, idx: readonly number[], iso: IsoCache): { ranges: string; marks: string } {
   const parts: string[] = [];
@@ -387,8 +368,7 @@ function invalidationOf(p: Plan, idx: readonly number[], iso: IsoCache): { range
       node = r.nodeId;
       runs = [];
     }
-    const s = Math.floor(r.ts / BUCKET_MS);
-    const e = Math.ceil((r.ts + 3 * r.intervalS * 1000) / BUCKET_MS);
+    const [s, e] = holdBuckets(r);
     const n = runs.length;
     if (n > 0 && s <= runs[n - 1]) {
       if (e > runs[n - 1]) runs[n - 1] = e;
@@ -417,9 +397,9 @@ function rowMarksJson(p: Plan, idx: readonly number[], iso: IsoCache): string {
   const parts: string[] = [];
   for (const i of idx) {
     const r = p.rows[i];
-    const end = r.ts + 3 * r.intervalS * 1000;
+    const [s, e] = holdBuckets(r);
     const head = `[${JSON.stringify(r.nodeId)},"${iso.iso(r.ts)}","`;
-    for (let b = Math.floor(r.ts / BUCKET_MS) * BUCKET_MS; b < end; b += BUCKET_MS) parts.push(`${head}${iso.iso(b)}"]`);
+    for (let b = s; b < e; b++) parts.push(`${head}${bucketIso(b, iso)}"]`);
   }
   return `[${parts.join(',')}]`;
 }
@@ -670,7 +650,8 @@ async function writeRounds(client: pg.PoolClient | pg.Client, p: Plan, smallRows
     if (out[0].written < idx.length) {
       const { rows: d } = await client.query<{ keys: [string, number][] }>({ name: 'vpp_ingest_dups', text: DUPS_SQL });
       result.duplicates += markDuplicates(p, idx, d[0].keys);
-      await client.query({ name: 'vpp_ingest_dirty', text: DIRTY_SQL, values: [dirtyJson(p, idx, iso)] });
+      const written = invalidationOf(p, idx, iso);
+      if (written.ranges !== '{}') await client.query({ name: 'vpp_ingest_log', text: LOG_SQL, values: [written.ranges, written.marks] });
     }
   }
   return versions;
