@@ -452,6 +452,96 @@ describe('telemetry ingestion (sync)', () => {
     assert.deepEqual(await power(), expected);
   });
 
+  test('a direct write is one query carrying its COPY data: one that fails late in a multi-chunk COPY leaves its connection in step and nothing of its rows, and is redone exactly on the staged path', async () => {
+    // One connection, so the writer's every attempt and the checks between them share it.
+    const pool = new pg.Pool({ connectionString: t.databaseUrl, max: 1 });
+    const db = { pool, readPool: pool, close: () => pool.end() };
+    const results: WriteResult[] = [];
+    const writer = new GroupCommitWriter(db, new PartitionCache(db), { afterCommit: async () => undefined, published: (r) => results.push(r) }, t.container.logger, { directRows: 3, splitRows: 1e9 });
+    try {
+      const nodes = ['otc-1', 'otc-2', 'otc-3'];
+      // 3 × 1,500 readings, 10 s apart: ~600 kB of COPY data, several 256 kB chunks.
+      const ts0 = Math.floor(minutesAgo(900) / 60_000) * 60_000;
+      const row = (nodeId: string, k: number): IngestRow => ({ nodeId, ts: ts0 + k * 10_000, receivedAt: arrivalStamp(), values: [k, 400 + (k % 7), null, null, null, null, null, null, null, null, null], healthStatus: 'ok', quality: 'measured', extra: null, flags: 0, intervalS: 10 });
+      const batch = (from: number, to: number) => nodes.flatMap((id) => Array.from({ length: to - from }, (_, i) => row(id, from + i)));
+      const pid = async () => (await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+      const stats = async () => (await pool.query<{ n: number; s: number }>('SELECT count(*)::int AS n, coalesce(sum(power_kw), 0)::float8 AS s FROM telemetry WHERE node_id = ANY($1)', [nodes])).rows[0];
+
+      // The writer learns the nodes' newest keys (staged), then a newer batch goes direct.
+      assert.deepEqual(await writer.submit(batch(0, 10)), { stored: 30, duplicates: 0 });
+      assert.equal(results.at(-1)?.direct, false);
+      const backend = await pid();
+      assert.deepEqual(await writer.submit(batch(10, 1510)), { stored: 4500, duplicates: 0 });
+      assert.equal(results.at(-1)?.direct, true);
+      assert.equal(await pid(), backend, 'a direct write keeps its connection');
+      assert.deepEqual(await stats(), { n: 4530, s: 3 * ((1509 * 1510) / 2) });
+
+      // Another writer stored the last key of the last node of the next batch, with another value:
+      // the direct COPY fails on its very last row, after all of its data was sent.
+      await pool.query(`INSERT INTO telemetry (node_id, ts, received_at, power_kw, flags) VALUES ('otc-3', $1, now() - interval '1 second', -5, 0)`, [new Date(ts0 + 3009 * 10_000)]);
+      assert.deepEqual(await writer.submit(batch(1510, 3010)), { stored: 4500, duplicates: 0 });
+      const r = results.at(-1) as WriteResult;
+      assert.deepEqual([r.direct, r.directConflict, r.corrected], [false, true, 1]);
+      // The same backend, in step (no COPY data left over, no transaction open), holds every row once.
+      assert.equal(await pid(), backend, 'the failed direct write left its connection usable');
+      // Inside an open transaction now() would be the transaction's start, not this statement's.
+      const { rows: tx } = await pool.query<{ own: boolean }>('SELECT now() = statement_timestamp() AS own');
+      assert.equal(tx[0].own, true, 'no transaction left open');
+      assert.deepEqual(await stats(), { n: 9030, s: 3 * ((3009 * 3010) / 2) });
+      const { rows: lat } = await pool.query<{ node_id: string; ts: Date; p: number }>(`SELECT node_id, ts, (reading->>'powerKw')::float8 AS p FROM telemetry_latest WHERE node_id = ANY($1) ORDER BY 1`, [nodes]);
+      assert.deepEqual(lat.map((l) => [l.node_id, l.ts.getTime(), l.p]), nodes.map((id) => [id, ts0 + 3009 * 10_000, 3009]));
+      // And the next newer batch goes direct again on the same connection.
+      assert.deepEqual(await writer.submit(batch(3010, 3020)), { stored: 30, duplicates: 0 });
+      assert.equal(results.at(-1)?.direct, true);
+      assert.equal(await pid(), backend);
+      assert.deepEqual(await stats(), { n: 9060, s: 3 * ((3019 * 3020) / 2) });
+    } finally {
+      await writer.drain();
+      await pool.end();
+    }
+  });
+
+  test('a large write whose first attempt on a new connection failed (its partition dropped behind the cache) is retried and stored: the staging table outlives the rolled-back attempt', async () => {
+    const pool = new pg.Pool({ connectionString: t.databaseUrl, max: 1 });
+    const db = { pool, readPool: pool, close: () => pool.end() };
+    const partitions = new PartitionCache(db);
+    const writer = new GroupCommitWriter(db, partitions, { afterCommit: async () => undefined, published: () => undefined }, t.container.logger, { directRows: 0 });
+    try {
+      const day = Math.floor(Date.now() / 86_400_000) - 20;
+      // The cache knows the day's partition; then it is dropped (as retention would).
+      await partitions.ensureDay(day);
+      await pool.query(`DROP TABLE telemetry_${new Date(day * 86_400_000).toISOString().slice(0, 10).replaceAll('-', '')}`);
+      const rows: IngestRow[] = ['stg-1', 'stg-2'].flatMap((nodeId) => Array.from({ length: 750 }, (_, k) => ({ nodeId, ts: day * 86_400_000 + 3_600_000 + k * 60_000, receivedAt: arrivalStamp(), values: [k, null, null, null, null, null, null, null, null, null, null], healthStatus: null, quality: null, extra: null, flags: 0, intervalS: 60 })));
+      assert.deepEqual(await writer.submit(rows), { stored: 1500, duplicates: 0 });
+      const { rows: n } = await pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM telemetry WHERE node_id IN ('stg-1', 'stg-2')`);
+      assert.equal(n[0].n, 1500);
+      // And the connection's next large write uses the staging table as it is.
+      const later = rows.map((r) => ({ ...r, ts: r.ts + 750 * 60_000, receivedAt: arrivalStamp() }));
+      assert.deepEqual(await writer.submit(later), { stored: 1500, duplicates: 0 });
+    } finally {
+      await writer.drain();
+      await pool.end();
+    }
+  });
+
+  test('a direct write sends its latest readings as SQL literals: quotes, backslashes, dollar signs and non-ASCII text in extra arrive unchanged', async () => {
+    const results: WriteResult[] = [];
+    const writer = new GroupCommitWriter(t.container.db, new PartitionCache(t.container.db), { afterCommit: async () => undefined, published: (r) => results.push(r) }, t.container.logger, { directRows: 1 });
+    const ts0 = Math.floor(minutesAgo(800) / 60_000) * 60_000;
+    const extra = { note: `it's a "test" \\ with \\\\ $$ $1 $v$ E'x' \u00e9\u4e2d\ud83d\ude00`, path: 'C:\\temp\\new', list: ["'", '\\', '$'] };
+    const row = (k: number, ex: string | null): IngestRow => ({ nodeId: 'lit-1', ts: ts0 + k * 60_000, receivedAt: arrivalStamp(), values: [k, null, null, null, null, null, null, null, null, null, null], healthStatus: null, quality: null, extra: ex, flags: 0, intervalS: 60 });
+    await writer.submit([row(0, null)]);
+    assert.equal(results.at(-1)?.direct, false);
+    await writer.submit([row(1, JSON.stringify(extra))]);
+    assert.equal(results.at(-1)?.direct, true);
+    await writer.drain();
+    const { rows } = await t.container.db.pool.query<{ reading: { extra: unknown; powerKw: number } }>(`SELECT reading FROM telemetry_latest WHERE node_id = 'lit-1'`);
+    assert.deepEqual(rows[0].reading.extra, extra);
+    assert.equal(rows[0].reading.powerKw, 1);
+    const stored = await rowsOf(t, 'lit-1');
+    assert.deepEqual(stored.map((r) => r.extra), [null, extra]);
+  });
+
   test('last write wins by arrival: a version that arrived earlier but is applied later (an async reading behind a sync write) leaves the newer one, in telemetry and latest', async () => {
     const { writeRows, BEGIN_WRITE } = await import('../src/telemetry/writer.js');
     const ts0 = Math.floor(minutesAgo(500) / 60_000) * 60_000;
