@@ -452,7 +452,7 @@ describe('telemetry ingestion (sync)', () => {
     assert.deepEqual(await power(), expected);
   });
 
-  test('a direct write is one query carrying its COPY data: one that fails late in a multi-chunk COPY leaves its connection in step and nothing of its rows, and is redone exactly on the staged path', async () => {
+  test('a direct write is one query carrying its COPY data: one that fails on the last or the first row of a multi-chunk COPY leaves its connection in step and nothing of its rows, and is redone exactly on the staged path', async () => {
     // One connection, so the writer's every attempt and the checks between them share it.
     const pool = new pg.Pool({ connectionString: t.databaseUrl, max: 1 });
     const db = { pool, readPool: pool, close: () => pool.end() };
@@ -490,11 +490,20 @@ describe('telemetry ingestion (sync)', () => {
       assert.deepEqual(await stats(), { n: 9030, s: 3 * ((3009 * 3010) / 2) });
       const { rows: lat } = await pool.query<{ node_id: string; ts: Date; p: number }>(`SELECT node_id, ts, (reading->>'powerKw')::float8 AS p FROM telemetry_latest WHERE node_id = ANY($1) ORDER BY 1`, [nodes]);
       assert.deepEqual(lat.map((l) => [l.node_id, l.ts.getTime(), l.p]), nodes.map((id) => [id, ts0 + 3009 * 10_000, 3009]));
+      // Now on the COPY's very first row, with ~600 kB of its data still to come (which the server
+      // must read past, not take for commands).
+      await pool.query(`INSERT INTO telemetry (node_id, ts, received_at, power_kw, flags) VALUES ('otc-1', $1, now() - interval '1 second', -5, 0)`, [new Date(ts0 + 3010 * 10_000)]);
+      assert.deepEqual(await writer.submit(batch(3010, 4510)), { stored: 4500, duplicates: 0 });
+      const r2 = results.at(-1) as WriteResult;
+      assert.deepEqual([r2.direct, r2.directConflict, r2.corrected], [false, true, 1]);
+      assert.equal(await pid(), backend);
+      assert.equal((await pool.query<{ own: boolean }>('SELECT now() = statement_timestamp() AS own')).rows[0].own, true);
+      assert.deepEqual(await stats(), { n: 13530, s: 3 * ((4509 * 4510) / 2) });
       // And the next newer batch goes direct again on the same connection.
-      assert.deepEqual(await writer.submit(batch(3010, 3020)), { stored: 30, duplicates: 0 });
+      assert.deepEqual(await writer.submit(batch(4510, 4520)), { stored: 30, duplicates: 0 });
       assert.equal(results.at(-1)?.direct, true);
       assert.equal(await pid(), backend);
-      assert.deepEqual(await stats(), { n: 9060, s: 3 * ((3019 * 3020) / 2) });
+      assert.deepEqual(await stats(), { n: 13560, s: 3 * ((4519 * 4520) / 2) });
     } finally {
       await writer.drain();
       await pool.end();
