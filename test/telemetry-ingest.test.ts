@@ -510,6 +510,36 @@ describe('telemetry ingestion (sync)', () => {
     }
   });
 
+  test('identical re-sends in a large staged write count as duplicates whatever their arrival stamp: copies of a request split over two flushes, and the same batch written by two instances with one stamp', async () => {
+    const quality = async (nodes: string[]) => (await t.container.db.pool.query<{ d: number }>('SELECT coalesce(sum(duplicates), 0)::int AS d FROM telemetry_quality_daily WHERE node_id = ANY($1)', [nodes])).rows[0].d;
+    const count = async (nodes: string[]) => (await t.container.db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM telemetry WHERE node_id = ANY($1)', [nodes])).rows[0].n;
+    const ts0 = Math.floor(minutesAgo(1000) / 60_000) * 60_000;
+    const readings = (nodes: string[], per: number, stamp: number): IngestRow[] =>
+      nodes.flatMap((nodeId) => Array.from({ length: per }, (_, k) => ({ nodeId, ts: ts0 + k * 60_000, receivedAt: stamp, values: [k + 0.5, null, null, null, null, null, null, null, null, null, null], healthStatus: null, quality: null, extra: null, flags: 0, intervalS: 60 })));
+    const hooks = { afterCommit: async () => undefined, published: () => undefined };
+
+    // One request: 2,000 new readings, then exact copies (same arrival stamp) of 1,500 of them. A
+    // flush takes at most 2,000 rows, so the copies go in a second flush, a large staged write.
+    const splitNodes = ['split-1', 'split-2'];
+    const originals = readings(splitNodes, 1000, arrivalStamp());
+    const copies = originals.filter((_, i) => i % 4 !== 0).map((r) => ({ ...r }));
+    const w1 = new GroupCommitWriter(t.container.db, new PartitionCache(t.container.db), hooks, t.container.logger, { maxFlushRows: 2000, directRows: 0 });
+    assert.deepEqual(await w1.submit([...originals, ...copies]), { stored: 2000, duplicates: 1500 });
+    assert.equal(await count(splitNodes), 2000);
+    assert.equal(await quality(splitNodes), 1500);
+
+    // Two instances (two writers) receive the same batch and stamp it alike (arrival stamps are
+    // unique only within one process): the second one's rows are duplicates.
+    const twinNodes = ['twin-1', 'twin-2'];
+    const batch = readings(twinNodes, 800, arrivalStamp());
+    const a = new GroupCommitWriter(t.container.db, new PartitionCache(t.container.db), hooks, t.container.logger, { directRows: 0 });
+    const b = new GroupCommitWriter(t.container.db, new PartitionCache(t.container.db), hooks, t.container.logger, { directRows: 0 });
+    assert.deepEqual(await a.submit(batch), { stored: 1600, duplicates: 0 });
+    assert.deepEqual(await b.submit(batch.map((r) => ({ ...r }))), { stored: 0, duplicates: 1600 });
+    assert.equal(await count(twinNodes), 1600);
+    assert.equal(await quality(twinNodes), 1600);
+  });
+
   test('a large write whose first attempt on a new connection failed (its partition dropped behind the cache) is retried and stored: the staging table outlives the rolled-back attempt', async () => {
     const pool = new pg.Pool({ connectionString: t.databaseUrl, max: 1 });
     const db = { pool, readPool: pool, close: () => pool.end() };

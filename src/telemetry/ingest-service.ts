@@ -83,8 +83,10 @@ export interface IngestServiceDeps {
 let lastStampUs = 0;
 
 /**
- * Arrival time in epoch ms with a microsecond fraction, strictly increasing within this process: the
- * writer tells a re-send that changed nothing from a write by the stored row's arrival time.
+ * Arrival time in epoch ms with a microsecond fraction, strictly increasing within this process, so
+ * that of two versions of a key the later request's wins (last write wins by arrival; see the
+ * writer's upsert). Not unique across processes: the writer tells written rows from re-sends by
+ * what its upsert returned, never by stamp.
  */
 export function arrivalStamp(): number {
   let us = Date.now() * 1000;

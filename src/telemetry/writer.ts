@@ -117,37 +117,32 @@ const logInsertSql = (ranges: string, marks: string, where = '') =>
 
 /**
  * Large writes, round 0, after COPY into telemetry_stage (in the same round trip, its parameters
- * as literals). Params: $1 invalidation ranges of every
- * staged row, $2 latest candidates, $3 identical copies inside the write, $4 staged row count, $5
- * the per-node bucket runs (see invalidationOf). When every staged row was written, their buckets
- * are logged here in one row of telemetry_invalidation_log, as a direct write does; otherwise the
- * writer finds the identical re-sends first and logs the buckets of the rest (DUPS_SQL, LOG_SQL).
+ * as literals). Params: $1 invalidation ranges of every staged row, $2 latest candidates, $3
+ * identical copies inside the write, $4 staged row count, $5 the per-node bucket runs (see
+ * invalidationOf). When every staged row was written, their buckets are logged here in one row of
+ * telemetry_invalidation_log, as a direct write does. Otherwise `dup` lists the staged rows the
+ * upsert did not write (identical re-sends, and versions that arrived before the stored one), as
+ * SMALL_SQL does, counts them per day and returns them, and the writer logs the buckets of the
+ * rest (LOG_SQL). Only rows the upsert returned were written: their arrival stamps prove nothing,
+ * since copies split over two flushes, or the same batch stamped alike by two instances, carry
+ * the same stamp as the stored row. The one-time filter skips the anti-join when all were written.
  */
 const LARGE_SQL = `WITH ins AS (
   ${upsertSql('telemetry_stage')}
+), dup AS (
+  SELECT node_id, ts FROM telemetry_stage
+  WHERE (SELECT count(*) FROM ins) < $4::int AND (node_id, ts) NOT IN (SELECT node_id, ts FROM ins)
 ), lat AS (
   ${latestSql('$2')}
 ), logged AS (
   ${logInsertSql('$1', '$5', 'WHERE (SELECT count(*) FROM ins) = $4::int')}
 ), q AS (
-  ${qualitySql([CORRECTIONS_FROM_INS, FLUSH_DUPS('$3')])}
+  ${qualitySql([CORRECTIONS_FROM_INS, FLUSH_DUPS('$3'), `SELECT node_id, (ts AT TIME ZONE 'UTC')::date, 1::bigint, 0::bigint FROM dup`])}
 )
 SELECT (SELECT count(*) FROM ins)::int AS written,
   (SELECT count(*) FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0)::int AS corrected,
-  (SELECT coalesce(json_agg(json_build_array(node_id, version)), '[]') FROM lat) AS latest`;
-
-/**
- * Run only when a large write wrote fewer rows than it staged: the staged rows that were identical
- * re-sends (their stored row kept its own, earlier arrival time), counted per day. The probe is a
- * scalar subquery so it stays one index lookup per staged row.
- */
-const DUPS_SQL = `WITH d AS (
-  SELECT s.node_id, s.ts FROM telemetry_stage s
-  WHERE (SELECT t.received_at FROM telemetry t WHERE t.node_id = s.node_id AND t.ts = s.ts LIMIT 1) IS DISTINCT FROM s.received_at
-), q AS (
-  ${qualitySql([`SELECT node_id, (ts AT TIME ZONE 'UTC')::date AS day, 1::bigint AS dups, 0::bigint AS corr FROM d`])}
-)
-SELECT coalesce(json_agg(json_build_array(node_id, ${EPOCH_MS('ts')})), '[]') AS keys FROM d`;
+  (SELECT coalesce(json_agg(json_build_array(node_id, version)), '[]') FROM lat) AS latest,
+  (SELECT coalesce(json_agg(json_build_array(node_id, ${EPOCH_MS('ts')})), '[]') FROM dup) AS dups`;
 
 /** Run only when a large write wrote fewer rows than it staged: the log row of the rows it wrote. */
 const LOG_SQL = logInsertSql('$1', '$2');
@@ -741,12 +736,11 @@ async function writeRounds(client: pg.PoolClient | pg.Client, p: Plan, smallRows
     const inv = invalidationOf(p, idx, iso);
     const large = withLiterals(LARGE_SQL, [inv.ranges, w.latest, w.dups, String(idx.length), inv.marks]);
     const trip = await oneTrip(client, `${opens ? `${BEGIN_WRITE}; ` : ''}${STAGE_DDL}; ${COPY_SQL}; ${large}`, p, idx);
-    const [written, corrected, latest] = trip.rows[0] as [string, string, string];
+    const [written, corrected, latest, dups] = trip.rows[0] as [string, string, string, string];
     result.corrected += Number(corrected);
     versions = JSON.parse(latest) as [string, number][];
     if (Number(written) < idx.length) {
-      const { rows: d } = await client.query<{ keys: [string, number][] }>({ name: 'vpp_ingest_dups', text: DUPS_SQL });
-      result.duplicates += markDuplicates(p, idx, d[0].keys);
+      result.duplicates += markDuplicates(p, idx, JSON.parse(dups) as [string, number][]);
       const log = invalidationOf(p, idx, iso);
       if (log.ranges !== '{}') await client.query({ name: 'vpp_ingest_log', text: LOG_SQL, values: [log.ranges, log.marks] });
     }
