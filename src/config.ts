@@ -21,6 +21,7 @@ export const EnvSchema = Type.Object({
   DATABASE_READ_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://', description: 'read replica for queries and analytics; unset uses DATABASE_URL' })),
   DATA_DIR: Type.String({ minLength: 1, default: './data', description: 'embedded database and archives' }),
   REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://', description: 'Redis for cache, pub/sub, rate limits and the async queue; unset uses in-process implementations' })),
+  REDIS_KEY_PREFIX: Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,64}$', default: 'vpp:', description: "prefix of this deployment's Redis keys and channels (deployments sharing one Redis need different ones)" }),
   API_KEYS: Type.Optional(Type.String({ pattern: '^[^=,]+=[a-z:+]+(,[^=,]+=[a-z:+]+)*$', description: 'comma list of key=scope+scope' })),
   RETENTION_TELEMETRY_DAYS: Type.String({ pattern: '^[0-9]+$', default: '30', description: 'raw telemetry retention (days)' }),
   RETENTION_ROLLUP_DAYS: Type.String({ pattern: '^[0-9]+$', default: '730', description: 'rollup retention (days)' }),
@@ -47,6 +48,8 @@ export interface Config {
   databaseReadUrl: string | undefined;
   dataDir: string;
   redisUrl: string | undefined;
+  /** Prefix of every Redis key and pub/sub channel of this deployment. */
+  redisKeyPrefix: string;
   apiKeys: ApiKeySpec[] | undefined;
   retentionTelemetryDays: number;
   retentionRollupDays: number;
@@ -126,6 +129,7 @@ export function loadConfig(source: Record<string, string | undefined> = readEnvi
     databaseReadUrl: env.DATABASE_READ_URL ?? env.DATABASE_URL,
     dataDir: path.resolve(env.DATA_DIR),
     redisUrl: env.REDIS_URL,
+    redisKeyPrefix: env.REDIS_KEY_PREFIX,
     apiKeys: env.API_KEYS === undefined ? undefined : parseApiKeys(env.API_KEYS),
     retentionTelemetryDays: positiveInt(env, 'RETENTION_TELEMETRY_DAYS', 1, 36500),
     retentionRollupDays: positiveInt(env, 'RETENTION_ROLLUP_DAYS', 1, 36500),

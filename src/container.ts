@@ -63,6 +63,7 @@ export interface Container extends Infra {
 export interface ContainerOptions {
   /** Database URL to use instead of `config.databaseUrl` (the embedded database's). */
   databaseUrl?: string;
+  /** Redis key prefix instead of `config.redisKeyPrefix` (tests: one per app). */
   keyPrefix?: string;
   /** Receives the generated admin key on first start. */
   announceKey?: (key: string) => void;
@@ -76,7 +77,7 @@ export async function createContainer(config: Readonly<Config>, logger: Logger, 
   if (!url) throw new Error('no database URL: set DATABASE_URL or start the embedded database first');
   const readUrl = opts.databaseUrl && !config.databaseUrl ? opts.databaseUrl : config.databaseReadUrl;
   const db = createDb(url, readUrl, { onError: (err) => logger.warn({ err }, 'idle database connection lost') });
-  const keyPrefix = opts.keyPrefix ?? 'vpp:';
+  const keyPrefix = opts.keyPrefix ?? config.redisKeyPrefix;
   const metrics = new Metrics({ defaults: opts.defaultMetrics });
 
   let redis: Redis | undefined;

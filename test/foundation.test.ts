@@ -5,7 +5,9 @@ import { readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
+import { Redis } from 'ioredis';
 import { loadConfig, readEnvironment, ConfigError, EnvSchema } from '../src/config.js';
+import { uniqueName } from './support/databases.js';
 
 describe('configuration', () => {
   test('defaults match the contract', () => {
@@ -17,12 +19,31 @@ describe('configuration', () => {
     assert.equal(c.unknownNodes, 'reject');
     assert.equal(c.rateLimitPerMinute, 60000);
     assert.equal(c.ingestQueueMax, 1_000_000);
+    assert.equal(c.redisKeyPrefix, 'vpp:');
+    assert.equal(loadConfig({ REDIS_KEY_PREFIX: 'site-b:' }).redisKeyPrefix, 'site-b:');
     assert.ok(Object.isFrozen(c));
   });
 
   test('.env.example documents every variable', () => {
     const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8');
     for (const name of Object.keys(EnvSchema.properties)) assert.match(example, new RegExp(`^#? ?${name}=`, 'm'), name);
+  });
+
+  test('REDIS_KEY_PREFIX prefixes the Redis keys of the deployment', { skip: !process.env.REDIS_URL && 'needs REDIS_URL' }, async () => {
+    const prefix = `${uniqueName('pfx')}:`;
+    const t = await createTestApp({ backend: 'redis', env: { REDIS_KEY_PREFIX: prefix } });
+    try {
+      assert.equal(t.container.keyPrefix, prefix);
+      await t.container.cache.set('probe', 'x', 60);
+      const r = new Redis(process.env.REDIS_URL as string);
+      try {
+        assert.equal(await r.get(`${prefix}cache:probe`), 'x');
+      } finally {
+        r.disconnect();
+      }
+    } finally {
+      await t.close();
+    }
   });
 
   test('.env is read, and the process environment wins over it', () => {
@@ -45,6 +66,7 @@ describe('configuration', () => {
     ['RATE_LIMIT_PER_MINUTE', '-1'],
     ['API_KEYS', 'shortkey1=admin+flying'],
     ['LOG_LEVEL', 'loud'],
+    ['REDIS_KEY_PREFIX', 'has space'],
     // Rollups kept for less time than the raw readings they summarise.
     ['RETENTION_ROLLUP_DAYS', '20'],
   ] as const) {

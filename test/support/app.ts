@@ -84,8 +84,10 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     ...opts.env,
   });
   const logger = createLogger(config, { stdout: false });
-  const keyPrefix = opts.keyPrefix ?? `${uniqueName('test')}:`;
-  const container = await createContainer(config, logger, { keyPrefix, defaultMetrics: false });
+  // A REDIS_KEY_PREFIX in `env` is left to the container to apply, as in production.
+  const fromEnv = opts.keyPrefix === undefined && opts.env?.REDIS_KEY_PREFIX !== undefined;
+  const keyPrefix = opts.keyPrefix ?? (fromEnv ? config.redisKeyPrefix : `${uniqueName('test')}:`);
+  const container = await createContainer(config, logger, { keyPrefix: fromEnv ? undefined : keyPrefix, defaultMetrics: false });
   const app = await buildApp(container);
   await app.ready();
   await container.start();
