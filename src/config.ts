@@ -22,7 +22,7 @@ export const EnvSchema = Type.Object({
   DATA_DIR: Type.String({ minLength: 1, default: './data', description: 'embedded database and archives' }),
   REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://', description: 'Redis for cache, pub/sub, rate limits and the async queue; unset uses in-process implementations' })),
   REDIS_KEY_PREFIX: Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,64}$', default: 'vpp:', description: "prefix of this deployment's Redis keys and channels (deployments sharing one Redis need different ones)" }),
-  API_KEYS: Type.Optional(Type.String({ pattern: '^[^=,]+=[a-z:+]+(,[^=,]+=[a-z:+]+)*$', description: 'comma list of key=scope+scope' })),
+  API_KEYS: Type.Optional(Type.String({ pattern: '^[^=,]+=[a-z:+]+(,[^=,]+=[a-z:+]+)*$', description: 'comma list of key=scope+scope (keys of at least 8 characters)' })),
   RETENTION_TELEMETRY_DAYS: Type.String({ pattern: '^[0-9]+$', default: '30', description: 'raw telemetry retention (days)' }),
   RETENTION_ROLLUP_DAYS: Type.String({ pattern: '^[0-9]+$', default: '730', description: 'rollup retention (days)' }),
   ROLLUP_SETTLE_SECONDS: Type.String({ pattern: '^[0-9]+$', default: '30', description: 'a dirty rollup bucket is recomputed once no write has touched it for this long (s); until then queries read it from raw' }),
