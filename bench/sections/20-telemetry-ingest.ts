@@ -23,6 +23,7 @@ import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import type { RollupRefresher } from '../../src/telemetry/rollup-refresher.js';
 import { expandInvalidationLog } from '../../src/telemetry/rollup-store.js';
+import { invalidationEntry, latestSql, logInsertSql } from '../../src/telemetry/writer.js';
 import { cpuMeter, median, percentile, rng, startBenchServer, type BenchServer, type BenchContext, type BenchSection } from '../harness.js';
 
 const KEY = 'bench-ingest-admin-key';
@@ -105,14 +106,8 @@ const RAW_SQL = `INSERT INTO telemetry AS t (${COLS}) SELECT ${COLS} FROM raw_st
  * (b)/(a′) is then the share of the database-only figure the HTTP path keeps once the bookkeeping
  * the design needs is paid on both sides.
  */
-/** The service writer's statement for latest values (writer.ts latestSql), from candidates sent as a jsonb parameter. */
-const LATEST_SQL = `INSERT INTO telemetry_latest AS l (node_id, ts, received_at, reading)
-  SELECT e->>0, (e->>1)::timestamptz, (e->>2)::timestamptz, e->3 FROM jsonb_array_elements($1::jsonb) e
-  ORDER BY (e->>0) COLLATE "C"
-  ON CONFLICT (node_id) DO UPDATE SET ts = EXCLUDED.ts, received_at = EXCLUDED.received_at, reading = EXCLUDED.reading,
-    version = nextval('telemetry_latest_version_seq')
-  WHERE EXCLUDED.ts > l.ts OR (EXCLUDED.ts = l.ts AND EXCLUDED.received_at >= l.received_at AND EXCLUDED.reading IS DISTINCT FROM l.reading)
-  RETURNING l.node_id, l.version`;
+/** The service writer's statement for latest values, from candidates sent as a jsonb parameter. */
+const LATEST_SQL = latestSql('$1');
 
 /** Latest candidates of a transaction's rows as the writer sends them: per node its newest row, [nodeId, ts, receivedAt, reading]. */
 function latestParam(rows: Reading[], recv: string): string {
@@ -124,37 +119,15 @@ function latestParam(rows: Reading[], recv: string): string {
   return JSON.stringify([...newest.values()].sort((x, y) => (x.nodeId < y.nodeId ? -1 : 1)).map((r) => [r.nodeId, r.timestamp, recv, r]));
 }
 
-/** The writer's invalidation-log row of a transaction (migration 012), its text prepared in the client as the service does. */
-const LOG_SQL = `INSERT INTO telemetry_invalidation_log (ranges, marks) VALUES ($1::tstzmultirange, $2)`;
+/** The writer's invalidation-log row of a transaction (migration 012), its text prepared in the client by the writer's own code. */
+const LOG_SQL = logInsertSql('$1', '$2');
 
-/** Per node the runs of 15-minute bucket numbers that [ts, ts + 3 min) touch, and their union as a multirange literal. */
+/** The invalidation-log entry of a transaction's rows (their buckets of [ts, ts + 3 × 60 s)), as the writer builds it. */
 function logRow(rows: Reading[]): [string, string] {
-  const Q = 900_000;
-  const byNode = new Map<string, number[]>();
-  for (const r of rows) {
-    const ts = Date.parse(r.timestamp);
-    const s = Math.floor(ts / Q);
-    const e = Math.ceil((ts + 180_000) / Q);
-    const runs = byNode.get(r.nodeId) ?? [];
-    if (runs.length > 0 && s <= runs[runs.length - 1]) runs[runs.length - 1] = Math.max(runs[runs.length - 1], e);
-    else runs.push(s, e);
-    byNode.set(r.nodeId, runs);
-  }
-  const all: [number, number][] = [];
-  const marks: string[] = [];
-  for (const [node, runs] of [...byNode].sort(([x], [y]) => (x < y ? -1 : 1))) {
-    marks.push(`[${JSON.stringify(node)},${runs.join(',')}]`);
-    for (let k = 0; k < runs.length; k += 2) all.push([runs[k], runs[k + 1]]);
-  }
-  all.sort((x, y) => x[0] - y[0]);
-  const merged: [number, number][] = [];
-  for (const [s, e] of all) {
-    const last = merged[merged.length - 1];
-    if (last && s <= last[1]) last[1] = Math.max(last[1], e);
-    else merged.push([s, e]);
-  }
-  const iso = (b: number) => new Date(b * Q).toISOString();
-  return [`{${merged.map(([s, e]) => `[${iso(s)},${iso(e)})`).join(',')}}`, `[${marks.join(',')}]`];
+  const holding = rows.map((r) => ({ nodeId: r.nodeId, ts: Date.parse(r.timestamp), intervalS: 60 }));
+  holding.sort((x, y) => (x.nodeId < y.nodeId ? -1 : x.nodeId > y.nodeId ? 1 : x.ts - y.ts));
+  const { ranges, marks } = invalidationEntry(holding);
+  return [ranges, marks];
 }
 
 async function rawCeiling(url: string, readings: Reading[], opts: { rowsPerTx: number; bookkeeping: boolean; direct?: boolean } = { rowsPerTx: 10_000, bookkeeping: false }): Promise<{ rate: number; cpu: string }> {

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type pg from 'pg';
 import { archiveTable, readManifest, removePartial, verifyArchive, type ArchiveManifest } from './archive.js';
 import { DAY_MS, partitionDay } from './partitions.js';
-import { expandInvalidationBatch, LOG_ROWS_PER_EXPANSION } from '../telemetry/rollup-store.js';
+import { expandInvalidationLogIn } from '../telemetry/rollup-store.js';
 
 /** Marks a partition the retention job has started detaching, so a crashed run can be resumed safely. */
 const DETACH_MARK = 'vpp:retention-detached';
@@ -98,7 +98,7 @@ export async function runTelemetryRetention(pool: pg.Pool, opts: TelemetryRetent
         // Marks for a dropped day would make the rollup refresher recompute its buckets from nothing.
         // Buckets still pending in the invalidation log become marks first (every write to the
         // partition committed before the detach ended), so none can come back after this.
-        while ((await expandInvalidationBatch(client)) >= LOG_ROWS_PER_EXPANSION);
+        await expandInvalidationLogIn(client);
         await client.query('DELETE FROM telemetry_dirty_buckets WHERE bucket_start >= $1 AND bucket_start < $2', [new Date(p.day), new Date(p.day + DAY_MS)]);
         await client.query('DELETE FROM telemetry_quality_daily WHERE day = $1::date', [new Date(p.day).toISOString().slice(0, 10)]);
         await client.query('UPDATE telemetry_archives SET dropped_at = now() WHERE partition = $1', [p.name]);

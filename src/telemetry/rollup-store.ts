@@ -296,7 +296,7 @@ export async function loadDirtyMarks(q: Queryable, limit: number, settleMs = 0):
 }
 
 /** Log rows expanded per transaction at most (a direct write's row lists up to ~1,000 nodes). */
-export const LOG_ROWS_PER_EXPANSION = 50;
+const LOG_ROWS_PER_EXPANSION = 50;
 
 /**
  * Turns pending rows of telemetry_invalidation_log into dirty marks, oldest first, each batch in
@@ -315,11 +315,23 @@ export async function expandInvalidationLog(pool: pg.Pool, maxBatches = 1000): P
 }
 
 /**
- * One batch of expandInvalidationLog in the caller's transaction; returns the log rows expanded
- * (fewer than LOG_ROWS_PER_EXPANSION: the log was empty after them). Retention runs it before it
- * deletes a dropped day's marks, so no pending row can mark that day again later.
+ * The whole invalidation log turned into marks inside the caller's transaction. Retention runs it
+ * before it deletes a dropped day's marks, so no pending row can mark that day again later.
  */
-export async function expandInvalidationBatch(c: Queryable): Promise<number> {
+export async function expandInvalidationLogIn(c: Queryable): Promise<number> {
+  let done = 0;
+  for (;;) {
+    const n = await expandInvalidationBatch(c);
+    done += n;
+    if (n < LOG_ROWS_PER_EXPANSION) return done;
+  }
+}
+
+/**
+ * One batch of expandInvalidationLog in the caller's transaction; returns the log rows expanded
+ * (fewer than LOG_ROWS_PER_EXPANSION: the log was empty after them).
+ */
+async function expandInvalidationBatch(c: Queryable): Promise<number> {
   const { rows } = await c.query<{ id: string; marks: string }>(
     'SELECT id::text AS id, marks FROM telemetry_invalidation_log ORDER BY id LIMIT $1 FOR UPDATE',
     [LOG_ROWS_PER_EXPANSION],
