@@ -12,6 +12,7 @@ import { validatorCompiler } from './http/validation.js';
 import { ErrorResponse } from './http/schemas.js';
 import { healthRoutes } from './health/routes.js';
 import { securityHeaders } from './http/security-headers.js';
+import { depthLimited } from './http/json-depth.js';
 
 /** Request line plus headers, at most (Node's default is 16 KiB). */
 export const MAX_HEADER_BYTES = 128 * 1024;
@@ -50,6 +51,9 @@ async function buildTypedApp(container: Container, opts: AppOptions) {
     clientErrorHandler,
   }).withTypeProvider<TypeBoxTypeProvider>();
 
+  // Fastify's own JSON parser (prototype-poisoning guard) with a nesting bound (see MAX_JSON_DEPTH).
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, depthLimited(app.getDefaultJsonParser('error', 'error')));
   app.setValidatorCompiler(validatorCompiler);
   registerErrorHandling(app);
   app.addSchema(ErrorResponse);

@@ -196,6 +196,31 @@ describe('telemetry ingestion (sync)', () => {
     assert.equal(meta.statusCode, 400, meta.body);
   });
 
+  test('deeply nested JSON: an extra nested past the bound rejects its reading only (the others are stored), other bodies get a 400; never a 500', async () => {
+    const ts = iso(minutesAgo(7));
+    const deep = (levels: number) => `${'['.repeat(levels)}1${']'.repeat(levels)}`;
+    // Thousands of levels overflow recursive code (JSON.stringify); past 64 (extra itself the first) the reading is rejected.
+    for (const levels of [64, 5000, 50_000]) {
+      const raw = `{"readings":[{"nodeId":"bat-2","timestamp":"${ts}","powerKw":${levels}},{"nodeId":"bat-2","timestamp":"${iso(minutesAgo(8))}","powerKw":1,"extra":{"d":${deep(levels)}}}]}`;
+      const r = await t.request({ method: 'POST', url: '/api/telemetry/batch', payload: raw, headers: { 'content-type': 'application/json' }, key: KEYS.telemetry });
+      assert.equal(r.statusCode, 200, r.body.slice(0, 300));
+      assert.equal(r.json().stored, 1);
+      assert.deepEqual(r.json().rejected.map((x: { index: number; errors: { path: string }[] }) => [x.index, x.errors[0].path]), [[1, '/readings/1/extra']]);
+      const one = await t.request({ method: 'POST', url: '/api/telemetry/bat-2', payload: `{"timestamp":"${ts}","powerKw":1,"extra":{"d":${deep(levels)}}}`, headers: { 'content-type': 'application/json' }, key: KEYS.telemetry });
+      assert.equal(one.statusCode, 400, one.body.slice(0, 300));
+      assert.equal(one.json().error.details[0].path, '/extra');
+      const meta = await t.request({ method: 'POST', url: '/api/metadata', payload: `{"nodeId":"deep-1","name":"d","type":"battery","status":"active","capacityKw":1,"technical":{"d":${deep(levels)}}}`, headers: { 'content-type': 'application/json' }, key: KEYS.admin });
+      // (The largest is over the metadata routes' body limit: 413.)
+      assert.equal(meta.statusCode, levels > 5000 ? 413 : 400, meta.body.slice(0, 300));
+      assert.equal(meta.json().error.code, levels > 5000 ? 'PAYLOAD_TOO_LARGE' : 'VALIDATION_ERROR');
+    }
+    const { rows } = await t.container.db.pool.query<{ p: number }>('SELECT power_kw AS p FROM telemetry WHERE node_id = $1 AND ts = $2', ['bat-2', ts]);
+    assert.equal(rows[0].p, 50_000);
+    // 64 levels (extra itself the first) are accepted.
+    const ok = await t.request({ method: 'POST', url: '/api/telemetry/bat-2', payload: `{"timestamp":"${iso(minutesAgo(9))}","powerKw":1,"extra":{"d":${deep(63)}}}`, headers: { 'content-type': 'application/json' }, key: KEYS.telemetry });
+    assert.equal(ok.statusCode, 201, ok.body);
+  });
+
   test('a batch with no valid reading is a 400 with the envelope', async () => {
     const r = await post('/api/telemetry/batch', { readings: [{ nodeId: 'bat-1', powerKw: 1 }, { nodeId: 'ghost', timestamp: iso(minutesAgo(1)), powerKw: 1 }] });
     assert.equal(r.statusCode, 400);

@@ -4,6 +4,7 @@ import { Type } from 'typebox';
 import { Cursor, ErrorResponse, Limit, NodeId, Paginated, StringEnum, bodyErrorResponses, errorResponses } from '../http/schemas.js';
 import { etagOf, parseIfMatch, type MetadataService } from './service.js';
 import { HistoryEntryView, NearbyNodeView, NodeInput, NodeStatusSchema, NodeTypeSchema, NodeView } from './schemas.js';
+import { depthLimited } from '../http/json-depth.js';
 
 /** Node documents are small; anything near this is a mistake (413 above it). */
 const BODY_LIMIT_BYTES = 64 * 1024;
@@ -20,7 +21,7 @@ function changedBy(req: FastifyRequest): string | null {
 export function metadataRoutes(service: MetadataService): FastifyPluginAsyncTypebox {
   return async (app) => {
     // RFC 7396's media type, parsed like JSON (same proto-poisoning protection and errors).
-    app.addContentTypeParser('application/merge-patch+json', { parseAs: 'string' }, app.getDefaultJsonParser('error', 'error'));
+    app.addContentTypeParser('application/merge-patch+json', { parseAs: 'string' }, depthLimited(app.getDefaultJsonParser('error', 'error')));
 
     const write = { scope: 'metadata:write' } as const;
     const read = { scope: 'read' } as const;

@@ -4,6 +4,7 @@ import { NODE_ID_PATTERN } from '../http/schemas.js';
 import { parseTime, TIME_TEXT_MAX } from '../http/time.js';
 import { toDetails } from '../http/validation.js';
 import type { NodeInfo } from '../metadata/registry.js';
+import { MAX_JSON_DEPTH, nestedDeeperThan } from '../http/json-depth.js';
 
 /**
  * The numeric reading fields, in storage order: API name and SQL column. The COPY line, the
@@ -248,6 +249,7 @@ export class ReadingValidator {
     if (ts === undefined || ts > now + FUTURE_TOLERANCE_MS || ts < now - this.ctx.retentionDays * 86_400_000) return undefined;
     let extra: string | null = null;
     if (extraValue !== undefined) {
+      if (nestedDeeperThan(extraValue)) return undefined;
       extra = JSON.stringify(extraValue);
       if (UNSTORABLE_JSON.test(extra) || (extra.length > EXTRA_MAX_BYTES / 4 && Buffer.byteLength(extra) > EXTRA_MAX_BYTES) || nonFinitePath(extraValue, '') !== null) return undefined;
     }
@@ -280,6 +282,10 @@ export class ReadingValidator {
 
     let extra: string | null = null;
     if (r.extra !== undefined) {
+      // Checked before anything recursive (JSON.stringify) walks it.
+      if (nestedDeeperThan(r.extra)) {
+        return fail([{ path: `${prefix}/extra`, message: `must not nest objects or arrays more than ${MAX_JSON_DEPTH} levels deep` }], 'schema');
+      }
       extra = JSON.stringify(r.extra);
       // jsonb cannot hold NUL characters or unpaired surrogates; one such value would fail a whole write.
       if (UNSTORABLE_JSON.test(extra)) return fail([{ path: `${prefix}/extra`, message: 'must not contain NUL characters or unpaired UTF-16 surrogates' }], 'schema');

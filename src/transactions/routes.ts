@@ -6,6 +6,7 @@ import { Cursor, Limit, NodeId, StringEnum, TimeInput, TimeQuery, bodyErrorRespo
 import { requireTime } from '../http/time.js';
 import { TRANSACTION_STATUSES, TRANSACTION_TYPES, type TransactionRecord, type TransactionType } from './canonical.js';
 import type { TransactionsService } from './service.js';
+import { depthLimited } from '../http/json-depth.js';
 
 /** A type that also admits null, as OpenAPI 3.0's `nullable` (understood by Ajv and the response serialiser too). */
 function Nullable<T extends TSchema>(schema: T) {
@@ -113,7 +114,7 @@ export function transactionsRoutes(service: TransactionsService): FastifyPluginA
     // Scoped to these routes: an empty body sent with `Content-Type: application/json` counts as
     // no body (so a bare "close the batch" POST works from any client); anything else goes to
     // Fastify's own parser with its prototype-poisoning protections.
-    const json = app.getDefaultJsonParser('error', 'error');
+    const json = depthLimited(app.getDefaultJsonParser('error', 'error'));
     app.removeContentTypeParser('application/json');
     app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
       if (typeof body === 'string' && body.trim() === '') done(null, undefined);

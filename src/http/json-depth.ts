@@ -1,0 +1,53 @@
+import type { FastifyBodyParser, FastifyRequest } from 'fastify';
+import { badRequest } from './errors.js';
+
+/**
+ * Deepest nesting of objects and arrays a JSON value may have, the value itself counting as one
+ * level. JSON.parse reads any depth, but JSON.stringify, Ajv and other recursive code run out of
+ * stack at a few thousand levels (a RangeError, which would be a 500): values are checked first.
+ */
+export const MAX_JSON_DEPTH = 64;
+
+/** True when `value` nests objects/arrays more than `max` levels deep. Iterative: any depth is safe to check. */
+export function nestedDeeperThan(value: unknown, max = MAX_JSON_DEPTH): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  const stack: object[] = [value];
+  const depths: number[] = [1];
+  while (stack.length > 0) {
+    const v = stack.pop() as Record<string, unknown>;
+    const d = depths.pop() as number;
+    if (d > max) return true;
+    if (Array.isArray(v)) {
+      for (const x of v) {
+        if (typeof x === 'object' && x !== null) {
+          stack.push(x);
+          depths.push(d + 1);
+        }
+      }
+    } else {
+      for (const k in v) {
+        const x = v[k];
+        if (typeof x === 'object' && x !== null) {
+          stack.push(x);
+          depths.push(d + 1);
+        }
+      }
+    }
+  }
+  return false;
+}
+
+/** The 400 for a body nested deeper than MAX_JSON_DEPTH. */
+export const tooDeep = () =>
+  badRequest(`request body: nested more than ${MAX_JSON_DEPTH} levels deep`, [{ path: '/', message: `must not nest objects or arrays more than ${MAX_JSON_DEPTH} levels deep` }], 'VALIDATION_ERROR');
+
+/** Wraps a string JSON body parser so that a body nested deeper than MAX_JSON_DEPTH gets a 400. */
+export function depthLimited(parse: FastifyBodyParser<string>): FastifyBodyParser<string> {
+  return (req: FastifyRequest, body: string, done) => {
+    parse(req, body, (err, value) => {
+      if (err) return done(err, undefined);
+      if (nestedDeeperThan(value)) return done(tooDeep(), undefined);
+      done(null, value);
+    });
+  };
+}
