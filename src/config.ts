@@ -24,7 +24,7 @@ export const EnvSchema = Type.Object({
   REDIS_KEY_PREFIX: Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,64}$', default: 'vpp:', description: "prefix of this deployment's Redis keys and channels (deployments sharing one Redis need different ones)" }),
   API_KEYS: Type.Optional(Type.String({ pattern: '^[^=,]+=[a-z:+]+(,[^=,]+=[a-z:+]+)*$', description: 'comma list of key=scope+scope (keys of at least 8 characters)' })),
   RETENTION_TELEMETRY_DAYS: Type.String({ pattern: '^[0-9]+$', default: '30', description: 'raw telemetry retention (days)' }),
-  RETENTION_ROLLUP_DAYS: Type.String({ pattern: '^[0-9]+$', default: '730', description: 'rollup retention (days)' }),
+  RETENTION_ROLLUP_DAYS: Type.Optional(Type.String({ pattern: '^[0-9]+$', description: 'rollup retention (days); unset: 730, or RETENTION_TELEMETRY_DAYS when that is longer' })),
   ROLLUP_SETTLE_SECONDS: Type.String({ pattern: '^[0-9]+$', default: '30', description: 'a dirty rollup bucket is recomputed once no write has touched it for this long (s); until then queries read it from raw' }),
   RETENTION_TRANSACTIONS_DAYS: Type.String({ pattern: '^[0-9]+$', default: '730', description: 'transaction retention (days)' }),
   UNKNOWN_NODES: Type.Union([Type.Literal('reject'), Type.Literal('accept')], { default: 'reject', description: 'accept stores telemetry for nodes with no metadata' }),
@@ -90,6 +90,9 @@ function parseApiKeys(raw: string): ApiKeySpec[] {
   });
 }
 
+/** Rollup retention when RETENTION_ROLLUP_DAYS is unset (days), unless raw readings are kept longer. */
+const DEFAULT_ROLLUP_DAYS = 730;
+
 function positiveInt(env: Env, name: keyof Env & string, min: number, max: number): number {
   const value = Number(env[name]);
   if (!Number.isSafeInteger(value) || value < min || value > max) {
@@ -122,6 +125,7 @@ export function loadConfig(source: Record<string, string | undefined> = readEnvi
     throw new ConfigError(variable, `${firstError.message} (got "${String(withDefaults[variable] ?? '')}")`);
   }
   const env = withDefaults as Env;
+  const retentionTelemetryDays = positiveInt(env, 'RETENTION_TELEMETRY_DAYS', 1, 36500);
   const config: Config = {
     port: positiveInt(env, 'PORT', 0, 65535),
     host: env.HOST,
@@ -131,8 +135,10 @@ export function loadConfig(source: Record<string, string | undefined> = readEnvi
     redisUrl: env.REDIS_URL,
     redisKeyPrefix: env.REDIS_KEY_PREFIX,
     apiKeys: env.API_KEYS === undefined ? undefined : parseApiKeys(env.API_KEYS),
-    retentionTelemetryDays: positiveInt(env, 'RETENTION_TELEMETRY_DAYS', 1, 36500),
-    retentionRollupDays: positiveInt(env, 'RETENTION_ROLLUP_DAYS', 1, 36500),
+    retentionTelemetryDays,
+    // Unset: 730 days, or as long as raw readings are kept when that is longer (see below).
+    retentionRollupDays:
+      env.RETENTION_ROLLUP_DAYS === undefined ? Math.max(DEFAULT_ROLLUP_DAYS, retentionTelemetryDays) : positiveInt(env, 'RETENTION_ROLLUP_DAYS', 1, 36500),
     retentionTransactionsDays: positiveInt(env, 'RETENTION_TRANSACTIONS_DAYS', 1, 36500),
     rollupSettleSeconds: positiveInt(env, 'ROLLUP_SETTLE_SECONDS', 0, 86400),
     unknownNodes: env.UNKNOWN_NODES,
@@ -143,6 +149,7 @@ export function loadConfig(source: Record<string, string | undefined> = readEnvi
   };
   // Queries read rollups wherever they are clean, and retention deletes them without a mark: rollups
   // kept for less time than the raw readings would make days that still have readings answer as empty.
+  // A value set explicitly must not be shorter.
   if (config.retentionRollupDays < config.retentionTelemetryDays) {
     throw new ConfigError('RETENTION_ROLLUP_DAYS', `must be at least RETENTION_TELEMETRY_DAYS (${config.retentionTelemetryDays}), got ${config.retentionRollupDays}: rollups are read wherever raw readings are`);
   }

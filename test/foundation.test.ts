@@ -16,6 +16,10 @@ describe('configuration', () => {
     assert.equal(c.host, '127.0.0.1');
     assert.equal(c.retentionTelemetryDays, 30);
     assert.equal(c.retentionRollupDays, 730);
+    // Unset, rollup retention follows a longer raw retention rather than failing start-up.
+    assert.equal(loadConfig({ RETENTION_TELEMETRY_DAYS: '3650' }).retentionRollupDays, 3650);
+    assert.equal(loadConfig({ RETENTION_TELEMETRY_DAYS: '400' }).retentionRollupDays, 730);
+    assert.equal(loadConfig({ RETENTION_TELEMETRY_DAYS: '400', RETENTION_ROLLUP_DAYS: '500' }).retentionRollupDays, 500);
     assert.equal(c.unknownNodes, 'reject');
     assert.equal(c.rateLimitPerMinute, 60000);
     assert.equal(c.ingestQueueMax, 1_000_000);
