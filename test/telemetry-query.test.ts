@@ -163,6 +163,17 @@ describe('historical queries', () => {
     const b1002 = none.find((b) => b.start === '2026-11-20T10:02:00.000Z')!;
     assert.equal(b1002.count, 0);
     assert.deepEqual(b1002.powerKw, { avg: null, twa: 0, count: 0 });
+    // The readings carry no voltageV: held into a bucket they give it nothing to show for that field,
+    // so with fields=voltageV only the buckets holding readings are listed; with powerKw too, the held ones are.
+    const volts = (await get(sparse, { ...base, fields: 'voltageV' })).json().buckets as Bucket[];
+    assert.equal(volts.length, 19);
+    for (const b of volts) {
+      assert.equal(b.count, 1, b.start);
+      assert.deepEqual(b.voltageV, { avg: null, twa: null, count: 0 });
+    }
+    const both = (await get(sparse, { ...base, fields: 'powerKw,voltageV' })).json().buckets as Bucket[];
+    assert.equal(both.length, none.length);
+    assert.deepEqual(both.find((b) => b.start === '2026-11-20T10:02:00.000Z')!.voltageV, { avg: null, twa: null, count: 0 });
     const nul = (await get(sparse, { ...base, fill: 'null' })).json().buckets as Bucket[];
     assert.equal(nul.length, 150);
     assert.deepEqual(nul.find((b) => b.start === '2026-11-20T11:30:00.000Z')!.powerKw, { avg: null, twa: null, count: 0 });

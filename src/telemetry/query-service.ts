@@ -256,7 +256,8 @@ function aggValue(a: FieldAgg, agg: Agg): number | null {
 
 /**
  * Turns partials into answer buckets and applies the fill. A bucket has data when a reading
- * lies in it or a reading's hold reaches into it. `previous`/`linear` fill a missing value only
+ * lies in it, or when the hold of a reading carrying one of the requested fields reaches into it
+ * (a held reading without them gives the answer nothing to show). `previous`/`linear` fill a missing value only
  * when the readings on either side of the bucket are at most `maxGapMs` apart; after the range's
  * last reading the reading on the right is the node's next one at or after `to` (`nextAfter`),
  * and when the node has none yet, the bucket's end stands for it (a value is carried at most
@@ -271,7 +272,7 @@ export function buildBuckets(periods: readonly Period[], clipped: readonly { sta
       end: clipped[i].end,
       count: power.n,
       filled: false,
-      hasData: power.n > 0 || power.held > 0,
+      hasData: power.n > 0 || pos.some((k) => partials[i][k].held > 0),
       firstTs: power.firstTs,
       lastTs: power.lastTs,
       values: pos.map((k) => aggs.map((a) => aggValue(partials[i][k], a))),
