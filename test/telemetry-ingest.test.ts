@@ -4,7 +4,7 @@ import pg from 'pg';
 import { createTestApp, KEYS, type TestApp } from './support/app.js';
 import { insertNodes, minutesAgo } from './support/telemetry-nodes.js';
 import { GroupCommitWriter, PartitionCache, type WriteResult } from '../src/telemetry/writer.js';
-import type { IngestRow } from '../src/telemetry/validate.js';
+import { FLAG_CORRECTED, type IngestRow } from '../src/telemetry/validate.js';
 import { arrivalStamp } from '../src/telemetry/ingest-service.js';
 import { expandInvalidationLog } from '../src/telemetry/rollup-store.js';
 
@@ -622,13 +622,23 @@ describe('telemetry ingestion (sync)', () => {
         let r = await writeRows(client, [row(nodeId, 0, 3, t2), row(nodeId, 1, 3, t2)], smallRows);
         await client.query('COMMIT');
         assert.equal(r.stored, 2);
-        // Then the earlier arrival (t1) with other values: it changes nothing.
+        // Then the earlier arrival (t1) with other values: it changes no value. In arrival order it was
+        // stored first and the later version replaced it: stored, not duplicates; the rows count as corrected.
         await client.query(BEGIN_WRITE);
         r = await writeRows(client, [row(nodeId, 0, 2, t1), row(nodeId, 1, 2, t1)], smallRows);
         await client.query('COMMIT');
-        assert.deepEqual({ stored: r.stored, duplicates: r.duplicates, latest: r.latest.length }, { stored: 0, duplicates: 2, latest: 0 }, nodeId);
-        const { rows } = await t.container.db.pool.query<{ power_kw: number }>('SELECT power_kw FROM telemetry WHERE node_id = $1 ORDER BY ts', [nodeId]);
+        assert.deepEqual({ stored: r.stored, duplicates: r.duplicates, corrected: r.corrected, latest: r.latest.length }, { stored: 2, duplicates: 0, corrected: 2, latest: 0 }, nodeId);
+        const { rows } = await t.container.db.pool.query<{ power_kw: number; received_at: Date; flags: number }>('SELECT power_kw, received_at, flags FROM telemetry WHERE node_id = $1 ORDER BY ts', [nodeId]);
         assert.deepEqual(rows.map((x) => x.power_kw), [3, 3], nodeId);
+        assert.deepEqual(rows.map((x) => Math.floor(x.received_at.getTime())), [t2, t2], nodeId);
+        assert.ok(rows.every((x) => (x.flags & FLAG_CORRECTED) !== 0), nodeId);
+        const { rows: q } = await t.container.db.pool.query<{ d: number; c: number }>('SELECT sum(duplicates)::int AS d, sum(corrected)::int AS c FROM telemetry_quality_daily WHERE node_id = $1', [nodeId]);
+        assert.deepEqual(q[0], { d: 0, c: 2 }, nodeId);
+        // An identical copy that arrived earlier is a duplicate.
+        await client.query(BEGIN_WRITE);
+        r = await writeRows(client, [row(nodeId, 0, 3, t1)], smallRows);
+        await client.query('COMMIT');
+        assert.deepEqual({ stored: r.stored, duplicates: r.duplicates }, { stored: 0, duplicates: 1 }, nodeId);
         const { rows: lat } = await t.container.db.pool.query<{ p: number }>("SELECT (reading->>'powerKw')::float8 AS p FROM telemetry_latest WHERE node_id = $1", [nodeId]);
         assert.equal(lat[0].p, 3, nodeId);
         // A version that arrived later still replaces it.

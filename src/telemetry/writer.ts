@@ -68,16 +68,18 @@ const EPOCH_MS = (e: string) => `(extract(epoch FROM ${e}) * 1000)::float8`;
  * them in, so the sort finds them presorted) so concurrent writers lock rows in the same order and
  * cannot deadlock. An identical re-send changes nothing and is not returned; a replacement sets
  * FLAG_CORRECTED on the row, which is how it is told from an insert. Last write wins by arrival:
- * a row that arrived before the stored version of its key (an async reading applied after a later
- * sync write of the key, or a race between instances) leaves the newer version in place and, like
- * an identical re-send, is not returned.
+ * a different version that arrived before the stored one of its key (an async reading applied
+ * after a later sync write of the key, or a race between instances) keeps the stored values, but
+ * is returned, flagged corrected, as applying the readings in arrival order would have it: it was
+ * stored, and the later one replaced it. So it counts as stored and corrected, not as a duplicate.
  */
 function upsertSql(source: string): string {
+  const later = 't.received_at <= EXCLUDED.received_at';
   return `INSERT INTO telemetry AS t (${ROW_COLS}) SELECT ${ROW_COLS} FROM ${source} ORDER BY node_id COLLATE "C", ts
-  ON CONFLICT (node_id, ts) DO UPDATE SET received_at = EXCLUDED.received_at, ${VALUE_COLS.map((c) => `${c} = EXCLUDED.${c}`).join(', ')},
-    flags = EXCLUDED.flags | ${FLAG_CORRECTED}
-  WHERE t.received_at <= EXCLUDED.received_at
-    AND (${VALUE_COLS.map((c) => `t.${c}`).join(', ')}) IS DISTINCT FROM (${VALUE_COLS.map((c) => `EXCLUDED.${c}`).join(', ')})
+  ON CONFLICT (node_id, ts) DO UPDATE SET received_at = CASE WHEN ${later} THEN EXCLUDED.received_at ELSE t.received_at END,
+    ${VALUE_COLS.map((c) => `${c} = CASE WHEN ${later} THEN EXCLUDED.${c} ELSE t.${c} END`).join(', ')},
+    flags = CASE WHEN ${later} THEN EXCLUDED.flags ELSE t.flags END | ${FLAG_CORRECTED}
+  WHERE (${VALUE_COLS.map((c) => `t.${c}`).join(', ')}) IS DISTINCT FROM (${VALUE_COLS.map((c) => `EXCLUDED.${c}`).join(', ')})
   RETURNING t.node_id, t.ts, t.flags`;
 }
 
@@ -121,7 +123,7 @@ export const logInsertSql = (ranges: string, marks: string, where = '') =>
  * identical copies inside the write, $4 staged row count, $5 the per-node bucket runs (see
  * invalidationOf). When every staged row was written, their buckets are logged here in one row of
  * telemetry_invalidation_log, as a direct write does. Otherwise `dup` lists the staged rows the
- * upsert did not write (identical re-sends, and versions that arrived before the stored one), as
+ * upsert did not write (identical re-sends; see upsertSql), as
  * SMALL_SQL does, counts them per day and returns them, and the writer logs the buckets of the
  * rest (LOG_SQL). Only rows the upsert returned were written: their arrival stamps prove nothing,
  * since copies split over two flushes, or the same batch stamped alike by two instances, carry
