@@ -348,6 +348,8 @@ describe('telemetry export', () => {
       ['from equal to', `nodeIds=exp-a&from=${T0}&to=${T0}`, 400, 'INVALID_RANGE'],
       ['an unknown field', `nodeIds=exp-a&from=${T0}&to=${T0 + 1000}&fields=powerKw,colour`, 400, 'VALIDATION_ERROR'],
       ['an unknown format', `nodeIds=exp-a&from=${T0}&to=${T0 + 1000}&format=xml`, 400, 'VALIDATION_ERROR'],
+      // Unknown parameters are refused, as by the historical query (a misspelt one is never ignored).
+      ['an unknown parameter', `nodeIds=exp-a&from=${T0}&to=${T0 + 1000}&tz=America/New_York`, 400, 'VALIDATION_ERROR'],
       ['an unknown node', `nodeIds=exp-a,ghost-1&from=${T0}&to=${T0 + 1000}`, 404, 'NODE_NOT_FOUND'],
     ];
     for (const [name, qs, status, code] of cases) {

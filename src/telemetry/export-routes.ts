@@ -26,7 +26,7 @@ export const ExportQuery = Type.Object({
   to: TimeQuery,
   fields: Type.Optional(Type.String({ maxLength: 2000, description: `comma list of columns after nodeId and timestamp; default every reading field. Known: ${EXPORTABLE_FIELDS.join(', ')}` })),
   format: Type.Optional(StringEnum(['csv', 'ndjson'] as const, { description: 'default csv, or ndjson when Accept asks for application/x-ndjson' })),
-});
+}, { additionalProperties: false });
 type ExportQueryT = Static<typeof ExportQuery>;
 
 export interface ExportRouteOptions {
