@@ -104,6 +104,20 @@ export class RedisQueue implements IngestQueue {
   async start(): Promise<void> {
     this.reader = this.redis.duplicate();
     this.reader.on('error', () => undefined);
+    // Commands fail at once on a connection not yet ready (no offline queue): the first read would
+    // fail and log a spurious warning, and the loop would wait a second before reading again.
+    const reader = this.reader;
+    if (reader.status !== 'ready') {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          reader.off('ready', done);
+          resolve();
+        };
+        const timer = setTimeout(done, 5000);
+        reader.once('ready', done);
+      });
+    }
     await this.ensureGroup().catch((err: unknown) => this.logger.warn({ err }, 'could not create the ingestion consumer group yet'));
     this.running = true;
     this.loop = this.consume();
