@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { Redis } from 'ioredis';
 import { backends, createTestApp, KEYS, redisSkip, type TestApp } from './support/app.js';
 import { insertNodes, minutesAgo } from './support/telemetry-nodes.js';
-import type { IngestQueue } from '../src/telemetry/queue.js';
+import { decodeRows, type IngestQueue } from '../src/telemetry/queue.js';
+import type { GroupCommitWriter } from '../src/telemetry/writer.js';
 import type { RedisQueue } from '../src/telemetry/queue-redis.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -159,6 +160,36 @@ describe('async ingestion on Redis: crash recovery and outage', { skip: redisSki
     const s = await q.stats();
     assert.equal(s.depth, 0);
     assert.equal(s.lagSeconds, 0);
+  });
+
+  test('an entry a dead consumer wrote but did not acknowledge is redone without counting its rows as duplicates; rows it had not written are written', async () => {
+    await insertNodes(t, [{ nodeId: 'rq-2' }]);
+    const q = queueOf(t) as RedisQueue;
+    await q.stop();
+    const start = minutesAgo(25);
+    const r = await t.request({ method: 'POST', url: '/api/telemetry/batch?mode=async', payload: batch('rq-2', 6, start), key: KEYS.telemetry });
+    assert.equal(r.statusCode, 202);
+    // The dead consumer takes the entry, commits four of its six readings (as they were queued,
+    // arrival stamps included) and dies before acknowledging it.
+    const other = new Redis(process.env.REDIS_URL as string);
+    try {
+      const got = (await other.xreadgroup('GROUP', 'ingest', 'dead-consumer-2', 'COUNT', 10, 'STREAMS', `${t.keyPrefix}ingest:stream`, '>')) as [string, [string, string[]][]][] | null;
+      const fields = got![0][1][0][1];
+      const rows = decodeRows(fields[fields.indexOf('p') + 1]);
+      const writer = (t.container.domains.find((x) => 'writer' in x) as unknown as { writer: GroupCommitWriter }).writer;
+      assert.deepEqual(await writer.submit(rows.slice(0, 4)), { stored: 4, duplicates: 0 });
+    } finally {
+      other.disconnect();
+    }
+    await q.start();
+    await new Promise((res) => setTimeout(res, 30));
+    assert.equal(await q.reclaim(10), 1);
+    assert.equal(await countRows(t, 'rq-2'), 6);
+    const { rows: qd } = await t.container.db.pool.query<{ d: number }>('SELECT coalesce(sum(duplicates), 0)::int AS d FROM telemetry_quality_daily WHERE node_id = $1', ['rq-2']);
+    assert.equal(qd[0].d, 0);
+    // A client's identical re-send (a new request, a new arrival stamp) is still a duplicate.
+    const again = await t.request({ method: 'POST', url: '/api/telemetry/batch', payload: batch('rq-2', 6, start), key: KEYS.telemetry });
+    assert.deepEqual({ stored: again.json().stored, duplicates: again.json().duplicates }, { stored: 0, duplicates: 6 });
   });
 
   test('Redis down: async ingestion answers 503, never accepts into nothing', async () => {

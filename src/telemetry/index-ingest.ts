@@ -5,7 +5,7 @@ import { LatestStore } from './latest.js';
 import type { IngestQueue } from './queue.js';
 import { PostgresQueue } from './queue-postgres.js';
 import { RedisQueue } from './queue-redis.js';
-import { GroupCommitWriter, PartitionCache, type WriteResult, type WriterHooks } from './writer.js';
+import { GroupCommitWriter, PartitionCache, storedWithArrival, type WriteResult, type WriterHooks } from './writer.js';
 
 /**
  * Telemetry ingestion: single and batch writes through group commit, the async queue (Redis
@@ -25,7 +25,7 @@ export function createTelemetryIngestDomain(infra: Infra): Domain & { service: T
   };
   const writer = new GroupCommitWriter(db, partitions, hooks, logger.child({ component: 'telemetry-writer' }));
   const queue: IngestQueue = infra.redis
-    ? new RedisQueue(infra.redis, infra.keyPrefix, (rows) => writer.submit(rows), logger.child({ component: 'ingest-queue' }), { max: config.ingestQueueMax })
+    ? new RedisQueue(infra.redis, infra.keyPrefix, (rows) => writer.submit(rows), logger.child({ component: 'ingest-queue' }), { max: config.ingestQueueMax, storedAlready: (rows) => storedWithArrival(db.pool, rows) })
     : new PostgresQueue(db, partitions, hooks, logger.child({ component: 'ingest-queue' }), { max: config.ingestQueueMax });
   const service = new TelemetryIngestService({
     nodes: infra.nodes,

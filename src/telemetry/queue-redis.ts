@@ -38,6 +38,11 @@ export interface RedisQueueOptions {
   reclaimIdleMs?: number;
   /** How often pending entries of dead consumers are looked for (ms). */
   reclaimEveryMs?: number;
+  /**
+   * Which rows of a redelivered entry are stored already with their own arrival stamp (see
+   * storedWithArrival); they are not written again, so a redo is not counted as duplicates.
+   */
+  storedAlready?: (rows: readonly IngestRow[]) => Promise<boolean[]>;
 }
 
 /**
@@ -141,7 +146,7 @@ export class RedisQueue implements IngestQueue {
       cursor = res[0];
       const entries = res[1].filter((e): e is StreamEntry => e !== null && Array.isArray(e[1]));
       for (const e of entries) {
-        await this.process(e);
+        await this.process(e, true);
         done++;
       }
     } while (cursor !== '0-0' && this.running);
@@ -156,14 +161,28 @@ export class RedisQueue implements IngestQueue {
     }
   }
 
-  private async process([id, fields]: StreamEntry): Promise<void> {
+  /**
+   * Writes an entry's readings and acknowledges it. A redelivered entry (reclaimed from a dead
+   * consumer, or this consumer's own after a failure) may have been written already, all or in
+   * part, before the acknowledgement was lost: rows stored with their own arrival stamp are left
+   * out, so the quality counters do not count the redo as duplicates (the same rows would be
+   * no-ops anyway). An identical reading of another request stamped in the same microsecond on
+   * another instance would be left out too, and so not counted as a duplicate: a crash and such a
+   * coincidence together.
+   */
+  private async process([id, fields]: StreamEntry, redelivered: boolean): Promise<void> {
     let n = '0';
     let payload = '[]';
     for (let i = 0; i + 1 < fields.length; i += 2) {
       if (fields[i] === 'n') n = fields[i + 1];
       else if (fields[i] === 'p') payload = fields[i + 1];
     }
-    await this.write(decodeRows(payload));
+    let rows = decodeRows(payload);
+    if (redelivered && this.opts.storedAlready) {
+      const stored = await this.opts.storedAlready(rows);
+      rows = rows.filter((_, i) => !stored[i]);
+    }
+    if (rows.length > 0) await this.write(rows);
     await this.redis.ingestAck(this.stream, this.depthKey, this.group, id, n);
   }
 
@@ -184,7 +203,7 @@ export class RedisQueue implements IngestQueue {
         ) as [string, StreamEntry[]][] | null;
         if (from === '0' && (!res || res.every(([, entries]) => entries.length === 0))) this.redoOwn = false;
         if (!res) continue;
-        for (const [, entries] of res) for (const e of entries) await this.process(e);
+        for (const [, entries] of res) for (const e of entries) await this.process(e, from === '0');
       } catch (err) {
         const msg = err instanceof Error ? err.message : String(err);
         if (msg.includes('NOGROUP')) await this.ensureGroup().catch(() => undefined);
