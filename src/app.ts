@@ -13,6 +13,7 @@ import { ErrorResponse } from './http/schemas.js';
 import { healthRoutes } from './health/routes.js';
 import { securityHeaders } from './http/security-headers.js';
 import { depthLimited } from './http/json-depth.js';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 
 /** Request line plus headers, at most (Node's default is 16 KiB). */
 export const MAX_HEADER_BYTES = 128 * 1024;
@@ -20,6 +21,10 @@ export const MAX_HEADER_BYTES = 128 * 1024;
 export interface AppOptions {
   /** Largest request body in bytes for routes that do not set their own (413 above). */
   bodyLimit?: number;
+  /** Time to receive a whole request, headers and body (ms; default 120 s): then 408 and the connection is closed. */
+  requestTimeoutMs?: number;
+  /** How often Node checks requests against that timeout (ms; default Node's 30 s). */
+  connectionsCheckingIntervalMs?: number;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -32,6 +37,7 @@ export async function buildApp(container: Container, opts: AppOptions = {}): Pro
 }
 
 async function buildTypedApp(container: Container, opts: AppOptions) {
+  const requestTimeout = opts.requestTimeoutMs ?? 120_000;
   const app = Fastify({
     loggerInstance: container.logger as FastifyBaseLogger,
     bodyLimit: opts.bodyLimit ?? 1024 * 1024,
@@ -46,7 +52,18 @@ async function buildTypedApp(container: Container, opts: AppOptions) {
     forceCloseConnections: 'idle',
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 },
     // Node's default 16 KiB would refuse an export of 1,000 node ids of up to 64 characters in its URL.
-    http: { maxHeaderSize: MAX_HEADER_BYTES },
+    // A body that never arrives would otherwise hold its connection open for ever (Fastify's
+    // default is no limit); 120 s lets a 48 MiB batch through at 400 kB/s. The 408 is sent in the
+    // envelope by clientErrorHandler. Responses (exports, SSE) are not bounded by it. Node only
+    // applies the request timeout when the headers timeout is not longer (checked: with Node's
+    // 60 s headers timeout, a 500 ms request timeout never fired).
+    http: {
+      maxHeaderSize: MAX_HEADER_BYTES,
+      requestTimeout,
+      headersTimeout: Math.min(60_000, requestTimeout),
+      ...(opts.connectionsCheckingIntervalMs ? { connectionsCheckingInterval: opts.connectionsCheckingIntervalMs } : {}),
+    },
+    requestTimeout,
     frameworkErrors,
     clientErrorHandler,
   }).withTypeProvider<TypeBoxTypeProvider>();
@@ -54,6 +71,12 @@ async function buildTypedApp(container: Container, opts: AppOptions) {
   // Fastify's own JSON parser (prototype-poisoning guard) with a nesting bound (see MAX_JSON_DEPTH).
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, depthLimited(app.getDefaultJsonParser('error', 'error')));
+  // Node answers an unsupported `Expect` header itself, with an empty 417: in the envelope instead.
+  app.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    const body = JSON.stringify({ error: { code: 'EXPECTATION_FAILED', message: `unsupported Expect: ${String(req.headers.expect).slice(0, 100)}`, details: [] } });
+    res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), connection: 'close' });
+    res.end(body);
+  });
   app.setValidatorCompiler(validatorCompiler);
   registerErrorHandling(app);
   app.addSchema(ErrorResponse);

@@ -232,6 +232,92 @@ describe('requests refused by the HTTP parser', () => {
   });
 });
 
+describe('requests that never finish, and unsupported expectations', () => {
+  let t: TestApp;
+  let port: number;
+  before(async () => {
+    t = await createTestApp({ appOptions: { requestTimeoutMs: 500, connectionsCheckingIntervalMs: 100 } });
+    await t.app.listen({ port: 0, host: '127.0.0.1' });
+    port = (t.app.server.address() as AddressInfo).port;
+  });
+  after(async () => t?.close());
+
+  const raw = (request: string) =>
+    new Promise<string>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      const socket = net.connect(port, '127.0.0.1', () => socket.write(request));
+      socket.on('data', (d) => chunks.push(d));
+      socket.on('error', reject);
+      socket.on('close', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    });
+
+  test('a body that never arrives gets a 408 in the envelope once the request timeout passes, and the connection is closed', async () => {
+    const t0 = Date.now();
+    const answer = await raw(`POST /api/metadata HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${KEYS.admin}\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{"`);
+    assert.match(answer, /^HTTP\/1\.1 408 /, answer.slice(0, 200));
+    assert.equal(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)).error.code, 'REQUEST_TIMEOUT');
+    assert.ok(Date.now() - t0 < 10_000);
+  });
+
+  test('an unsupported Expect header gets a 417 in the envelope', async () => {
+    const answer = await raw('GET /health/live HTTP/1.1\r\nHost: x\r\nExpect: weird\r\nConnection: close\r\n\r\n');
+    assert.match(answer, /^HTTP\/1\.1 417 /, answer.slice(0, 200));
+    assert.equal(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)).error.code, 'EXPECTATION_FAILED');
+  });
+});
+
+describe('inputs that reached the database or a formatter unchecked (found by fuzzing): 4xx, never 500', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await createTestApp();
+  });
+  after(async () => t?.close());
+  const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
+
+  test('a NUL character anywhere in node metadata: 400 naming its path', async () => {
+    const base = { nodeId: 'nul-1', name: 'n', type: 'battery', status: 'active', capacityKw: 10 };
+    for (const [extra, path] of [
+      [{ name: 'a\u0000' }, '/name'],
+      [{ tags: ['ok', '\u0000'] }, '/tags/1'],
+      [{ technical: { deep: { list: [1, 'x\u0000'] } } }, '/technical/deep/list/1'],
+      [{ technical: { 'k\u0000': 1 } }, '/technical/k\u0000'],
+    ] as const) {
+      const r = await t.request({ method: 'POST', url: '/api/metadata', payload: { ...base, ...extra }, key: KEYS.admin });
+      assert.equal(r.statusCode, 400, r.body);
+      assert.equal(r.json().error.code, 'VALIDATION_ERROR');
+      assert.equal(r.json().error.details[0].path, path);
+    }
+    assert.equal((await t.request({ method: 'POST', url: '/api/metadata', payload: base, key: KEYS.admin })).statusCode, 201);
+    const p = await t.request({ method: 'PATCH', url: '/api/metadata/nul-1', payload: { name: '\u0000' }, key: KEYS.admin });
+    assert.equal(p.statusCode, 400, p.body);
+  });
+
+  test('cursors holding a NUL or a number no cursor holds: 400 INVALID_CURSOR, or an empty page past the range', async () => {
+    for (const url of [`/api/nodes/active?limit=1&cursor=${b64(['\u0000'])}`, `/api/nodes/by-type/battery?limit=1&cursor=${b64(['\u0000'])}`, `/api/nodes/nearby?lat=50&lon=8&radiusKm=20000&cursor=${b64([50, '\u0000'])}`]) {
+      const r = await t.request({ method: 'GET', url, key: KEYS.read });
+      assert.equal(r.statusCode, 400, `${url}: ${r.body}`);
+      assert.equal(r.json().error.code, 'INVALID_CURSOR');
+    }
+    await t.request({ method: 'POST', url: '/api/metadata', payload: { nodeId: 'cur-1', name: 'n', type: 'battery', status: 'active', capacityKw: 10 }, key: KEYS.admin });
+    const range = 'from=2026-11-27T00:00:00Z&to=2026-11-28T00:00:00Z&interval=raw&limit=1';
+    for (const c of [8_640_000_000_000_001, 9_007_199_254_740_993, -8_640_000_000_000_001]) {
+      for (const format of ['json', 'csv']) {
+        const r = await t.request({ method: 'GET', url: `/api/telemetry/cur-1/historical?${range}&format=${format}&cursor=${b64([c])}`, key: KEYS.read });
+        assert.equal(r.statusCode, 200, `${c} ${format}: ${r.body}`);
+      }
+    }
+    const inf = await t.request({ method: 'GET', url: `/api/telemetry/cur-1/historical?${range}&cursor=${Buffer.from('[1e999]').toString('base64url')}`, key: KEYS.read });
+    assert.equal(inf.statusCode, 400, inf.body);
+    assert.equal(inf.json().error.code, 'INVALID_CURSOR');
+  });
+
+  test('a repeated ?apiKey= on the event stream: 400, not a 500', async () => {
+    const r = await t.request({ method: 'GET', url: '/api/realtime/stream?apiKey=a&apiKey=b', key: null });
+    assert.equal(r.statusCode, 400, r.body);
+    assert.equal(r.json().error.code, 'VALIDATION_ERROR');
+  });
+});
+
 describe('access log', () => {
   test('at info: one line per failed request, path without its query; successful requests only at debug', async () => {
     const t = await createTestApp({ env: { LOG_LEVEL: 'info' } });

@@ -12,7 +12,8 @@ export function decodeCursor(cursor: string | undefined, arity: number): (string
   if (cursor === undefined || cursor === '') return undefined;
   try {
     const key: unknown = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-    if (Array.isArray(key) && key.length === arity && key.every((k) => typeof k === 'string' || typeof k === 'number')) {
+    // Only what this service issues: finite numbers, strings without NUL (PostgreSQL text cannot hold one).
+    if (Array.isArray(key) && key.length === arity && key.every((k) => (typeof k === 'string' && !k.includes('\u0000')) || (typeof k === 'number' && Number.isFinite(k)))) {
       return key as (string | number)[];
     }
   } catch {

@@ -49,6 +49,8 @@ export function fromDatabaseError(err: unknown): AppError | undefined {
   const code = (err as { code?: unknown }).code;
   if (code === '23505') return conflict('resource already exists');
   if (code === '22P02' || code === '22007' || code === '22008' || code === '22003') return badRequest('value out of range or malformed');
+  // Text PostgreSQL cannot store (a NUL character, bytes outside UTF-8): the input's doing.
+  if (code === '22P05' || code === '22021') return badRequest('text contains a character that cannot be stored (NUL)', [], 'VALIDATION_ERROR');
   if (code === '57014') return new AppError(503, 'QUERY_TIMEOUT', 'query took too long, narrow the request', [], 1);
   return undefined;
 }

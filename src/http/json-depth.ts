@@ -37,6 +37,31 @@ export function nestedDeeperThan(value: unknown, max = MAX_JSON_DEPTH): boolean 
   return false;
 }
 
+/**
+ * JSON pointer of the first string or key in `value` that holds a NUL character (which PostgreSQL
+ * text and jsonb cannot store), or null. Iterative.
+ */
+export function nulPath(value: unknown, base = ''): string | null {
+  const stack: [unknown, string][] = [[value, base]];
+  while (stack.length > 0) {
+    const [v, path] = stack.pop() as [unknown, string];
+    if (typeof v === 'string') {
+      if (v.includes('\u0000')) return path || '/';
+    } else if (Array.isArray(v)) {
+      for (let i = v.length - 1; i >= 0; i--) stack.push([v[i], `${path}/${i}`]);
+    } else if (typeof v === 'object' && v !== null) {
+      const keys = Object.keys(v);
+      for (let i = keys.length - 1; i >= 0; i--) {
+        const k = keys[i];
+        const p = `${path}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`;
+        if (k.includes('\u0000')) return p;
+        stack.push([(v as Record<string, unknown>)[k], p]);
+      }
+    }
+  }
+  return null;
+}
+
 /** The 400 for a body nested deeper than MAX_JSON_DEPTH. */
 export const tooDeep = () =>
   badRequest(`request body: nested more than ${MAX_JSON_DEPTH} levels deep`, [{ path: '/', message: `must not nest objects or arrays more than ${MAX_JSON_DEPTH} levels deep` }], 'VALIDATION_ERROR');

@@ -13,6 +13,7 @@ import { applyMergePatch, isJsonObject } from './merge-patch.js';
 import { NodeInput, TECHNICAL_MAX_BYTES, type HistoryEntryView, type NearbyNodeView, type NodeDoc, type NodeView } from './schemas.js';
 import * as store from './store.js';
 import { TimezoneCatalog } from './timezones.js';
+import { nulPath } from '../http/json-depth.js';
 
 /** A page of a list endpoint. */
 export interface Page<T> {
@@ -83,6 +84,8 @@ export class MetadataService {
     }
     const node = doc as NodeDoc;
     const details: ErrorDetail[] = [];
+    const nul = nulPath(node);
+    if (nul !== null) details.push({ path: nul, message: 'must not contain NUL characters' });
     if (!(await this.timezones.isKnown(node.timezone))) {
       details.push({ path: '/timezone', message: `"${node.timezone}" is not an IANA time zone known to both Node and PostgreSQL` });
     }

@@ -81,8 +81,11 @@ export function parseStreamFilter(q: { nodeId?: string; type?: string; events?: 
 }
 
 /** Header key first, else `?apiKey=`: the read scope (or admin) is needed. */
-function authorize(ring: KeyRing, req: FastifyRequest<{ Querystring: { apiKey?: string } }>): void {
-  const key = presentedKey(req) ?? (req.query.apiKey || undefined);
+function authorize(ring: KeyRing, req: FastifyRequest<{ Querystring: { apiKey?: string | string[] } }>): void {
+  // Runs before the query is validated: a repeated ?apiKey= arrives as an array.
+  const given = req.query.apiKey;
+  if (Array.isArray(given)) throw badRequest('apiKey must be given once', [{ path: '/apiKey', message: 'repeated' }], 'VALIDATION_ERROR');
+  const key = presentedKey(req) ?? (given || undefined);
   if (!key) throw new AppError(401, 'UNAUTHORIZED', 'missing API key: send Authorization: Bearer <key>, X-API-Key, or ?apiKey=');
   const known = ring.lookup(key);
   if (!known) throw new AppError(401, 'UNAUTHORIZED', 'unknown API key');
@@ -123,7 +126,7 @@ export function realtimeRoutes(deps: { portfolio: PortfolioService; hub: StreamH
           headers: Type.Object({ 'last-event-id': Type.Optional(Type.String({ maxLength: 64 })) }),
           response: { 200: { description: 'text/event-stream', type: 'string' }, ...errorResponses },
         },
-        onRequest: async (req) => authorize(deps.keyRing, req as FastifyRequest<{ Querystring: { apiKey?: string } }>),
+        onRequest: async (req) => authorize(deps.keyRing, req as FastifyRequest<{ Querystring: { apiKey?: string | string[] } }>),
       },
       async (req, reply) => {
         const filter = parseStreamFilter(req.query);

@@ -191,7 +191,8 @@ export class TelemetryQueryService {
     if (cursor && (typeof cursor[0] !== 'number' || !Number.isFinite(cursor[0]))) {
       throw badRequest('cursor is not one this service issued', [{ path: '/cursor', message: 'invalid cursor' }], 'INVALID_CURSOR');
     }
-    const after = cursor ? Math.max(from, (cursor[0] as number) + 1) : from;
+    // Clamped to the range: a cursor past `to` (issued for another range, or forged) gives an empty page.
+    const after = cursor ? Math.min(to, Math.max(from, (cursor[0] as number) + 1)) : from;
     const numeric = fields ?? NUMERIC_FIELDS;
     const cols = numeric.map((f) => f.column).join(', ');
     const full = fields === undefined;

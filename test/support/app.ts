@@ -6,7 +6,7 @@ import { Redis } from 'ioredis';
 import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import { createContainer, type Container } from '../../src/container.js';
-import { buildApp } from '../../src/app.js';
+import { buildApp, type AppOptions } from '../../src/app.js';
 import { createTestDatabase, dropDatabase, uniqueName } from './databases.js';
 
 /** API keys every test app accepts, by scope. */
@@ -57,6 +57,8 @@ export interface TestAppOptions {
   databaseUrl?: string;
   /** Reuse a Redis key prefix (a second instance sharing the first one's Redis data). */
   keyPrefix?: string;
+  /** Options of buildApp (timeouts, body limit). */
+  appOptions?: AppOptions;
 }
 
 /**
@@ -88,7 +90,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
   const fromEnv = opts.keyPrefix === undefined && opts.env?.REDIS_KEY_PREFIX !== undefined;
   const keyPrefix = opts.keyPrefix ?? (fromEnv ? config.redisKeyPrefix : `${uniqueName('test')}:`);
   const container = await createContainer(config, logger, { keyPrefix: fromEnv ? undefined : keyPrefix, defaultMetrics: false });
-  const app = await buildApp(container);
+  const app = await buildApp(container, opts.appOptions);
   await app.ready();
   await container.start();
 
