@@ -187,6 +187,20 @@ describe('analytics: benchmarks and portfolio', () => {
         // b2's corrected settlement counts its adjustment's 450, b4's rejected one nothing.
         const b2 = metrics.find((m) => m.nodeId === 'b2')!;
         close(b2.revenuePerKw, (20 + 450) / 100, 'b2 revenue per kW (reference)');
+        // With tz, every peer is measured over the same dates in that zone.
+        const inZone = await get('/api/analytics/b3/benchmarks?from=2026-11-10&to=2026-11-12&tz=America/New_York');
+        assert.equal(inZone.statusCode, 200, inZone.body);
+        const zoned = peers.map((n) => {
+          const x = refNode(n, localMidnight('2026-11-10', 'America/New_York'), localMidnight('2026-11-13', 'America/New_York'));
+          return { nodeId: n.nodeId, capacityFactor: x.capacityFactor, completenessPct: x.completenessPct };
+        });
+        const zonedSelf = zoned.find((m) => m.nodeId === 'b3')!;
+        for (const k of ['capacityFactor', 'completenessPct'] as const) {
+          const values = zoned.map((m) => m[k]).sort((a, b) => a - b);
+          close(inZone.json()[k].value, zonedSelf[k], `${k} value in tz`);
+          close(inZone.json()[k].median, quantile(values, 0.5), `${k} median in tz`);
+        }
+        assert.equal((await get('/api/analytics/b3/benchmarks?from=2026-11-10&to=2026-11-12&tz=Mars/Base')).statusCode, 400);
         // A decommissioned node may still be benchmarked against the live peers.
         const old = await get('/api/analytics/b-old/benchmarks?from=2026-11-10&to=2026-11-12');
         assert.equal(old.statusCode, 200, old.body);

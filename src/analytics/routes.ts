@@ -104,7 +104,14 @@ export function analyticsRoutes(service: AnalyticsService): FastifyPluginAsyncTy
           tags: ['analytics'],
           summary: "the node's capacity factor, availability, revenue per kW and completeness beside its peer group's quartiles",
           params: Type.Object({ nodeId: NodeId }),
-          querystring: Type.Object({ from: DateParam('first local date YYYY-MM-DD, included'), to: DateParam('last local date YYYY-MM-DD, included') }, { additionalProperties: false }),
+          querystring: Type.Object(
+            {
+              from: DateParam('first local date YYYY-MM-DD, included'),
+              to: DateParam('last local date YYYY-MM-DD, included'),
+              tz: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: "IANA time zone in which every peer's dates are taken (default: each peer's own)" })),
+            },
+            { additionalProperties: false },
+          ),
           response: {
             200: Type.Object({
               nodeId: Type.String(),

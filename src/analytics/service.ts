@@ -335,23 +335,25 @@ export class AnalyticsService {
 
   // ---------------------------------------------------------------- benchmarks
 
-  async benchmarks(input: { nodeId: string; from: string; to: string }): Promise<BenchmarksAnswer> {
+  async benchmarks(input: { nodeId: string; from: string; to: string; tz?: string }): Promise<BenchmarksAnswer> {
     const node = await this.node(input.nodeId);
+    // With `tz`, every peer is measured over the same dates in that zone; else each in its own.
+    const tz = input.tz === undefined ? undefined : this.zone(input.tz, node);
     const [a, b] = this.dateRange(input.from, input.to);
     const q = this.deps.db.readPool;
     // Peer windows are each peer's own local days, so the fleet-wide fingerprint spans ±14 h around them.
     const lo = Date.UTC(a.y, a.m - 1, a.d) - 14 * H_MS;
     const hi = Date.UTC(b.y, b.m - 1, b.d + 1) + 14 * H_MS;
     const fingerprint = await this.fingerprint(FLEET, lo, hi, () => fleetFingerprint(q, lo, hi));
-    const key = this.deps.cache.key('benchmarks', { node, from: input.from, to: input.to }, fingerprint);
+    const key = this.deps.cache.key('benchmarks', { node, from: input.from, to: input.to, tz: tz ?? null }, fingerprint);
     // Today begins no earlier than 00:00 at UTC+14 (the earliest zone).
     const todayStart = utcDayStart(this.now()) - 14 * H_MS;
     const { value } = await this.deps.cache.getOrCompute(key, hi, todayStart, async () => {
       const peers = await this.deps.metrics.timeStore('analytics', 'peers', () => listLiveNodes(q, node.type));
       if (!peers.some((p) => p.nodeId === node.nodeId)) peers.push({ ...node, status: 'decommissioned' });
       const windows = peers.map((p) => {
-        const start = localDayStart(p.timezone, a.y, a.m, a.d);
-        const end = localDayStart(p.timezone, b.y, b.m, b.d + 1);
+        const start = localDayStart(tz ?? p.timezone, a.y, a.m, a.d);
+        const end = localDayStart(tz ?? p.timezone, b.y, b.m, b.d + 1);
         return { node: p, start, end };
       });
       const [energy, money] = await Promise.all([
