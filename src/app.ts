@@ -31,6 +31,42 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 /** Requests slower than this are logged at info whatever their status (ms). */
 const SLOW_REQUEST_MS = 1000;
 
+/**
+ * The document with what the routes' JSON Schema 2020-12 says in OpenAPI 3.0's words: numeric
+ * `exclusiveMinimum`/`exclusiveMaximum` as a bound plus a boolean flag, `examples` arrays as one
+ * `example` (@fastify/swagger converts these only outside `content` maps). On a copy: the
+ * document may share objects with the routes' schemas.
+ */
+function toOpenApi30(original: Record<string, unknown>): Record<string, unknown> {
+  const doc = structuredClone(original);
+  const stack: unknown[] = [doc];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (Array.isArray(v)) {
+      for (const x of v) stack.push(x);
+    } else if (typeof v === 'object' && v !== null) {
+      const o = v as Record<string, unknown>;
+      for (const [key, bound] of [
+        ['exclusiveMinimum', 'minimum'],
+        ['exclusiveMaximum', 'maximum'],
+      ] as const) {
+        if (typeof o[key] === 'number') {
+          o[bound] = o[key];
+          o[key] = true;
+        }
+      }
+      // JSON Schema's `examples` array; OpenAPI 3.0 schemas take one `example` (its `examples` maps
+      // of Example Objects, in media types and parameters, are objects and stay).
+      if (Array.isArray(o.examples)) {
+        if (o.examples.length > 0 && o.example === undefined) o.example = o.examples[0];
+        delete o.examples;
+      }
+      for (const x of Object.values(o)) stack.push(x);
+    }
+  }
+  return doc;
+}
+
 /** Builds the application on a wired container. `server.ts` runs it; tests call `inject`. */
 export async function buildApp(container: Container, opts: AppOptions = {}): Promise<FastifyInstance> {
   return buildTypedApp(container, opts) as unknown as Promise<FastifyInstance>;
@@ -121,6 +157,8 @@ async function buildTypedApp(container: Container, opts: AppOptions) {
       if (scope) s.security = [{ bearer: [] }, { apiKey: [] }];
       return { schema: s as never, url };
     },
+    // The route schemas are JSON Schema 2020-12; the document is OpenAPI 3.0.3 (toOpenApi30).
+    transformObject: (doc) => toOpenApi30((doc as { openapiObject: Record<string, unknown> }).openapiObject) as never,
   });
   await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { docExpansion: 'list' }, staticCSP: false });
   app.get('/docs/openapi.json', { schema: { hide: true } }, async () => app.swagger());

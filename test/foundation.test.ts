@@ -148,6 +148,35 @@ for (const backend of backends()) {
       assert.ok(paths['/api/transactions'].post.responses[413]);
     });
 
+    test('OpenAPI is 3.0 throughout: bounds as minimum + boolean exclusiveMinimum, one example per schema; ETag, SSE and /metrics declared', async () => {
+      const doc = (await t.request({ method: 'GET', url: '/docs/openapi.json', key: null })).json();
+      const stack: unknown[] = [doc];
+      let bounds = 0;
+      while (stack.length) {
+        const v = stack.pop();
+        if (!v || typeof v !== 'object') continue;
+        const o = v as Record<string, unknown>;
+        for (const k of ['exclusiveMinimum', 'exclusiveMaximum']) {
+          if (k in o) {
+            assert.equal(typeof o[k], 'boolean', JSON.stringify(o));
+            bounds++;
+          }
+        }
+        assert.ok(!Array.isArray(o.examples), JSON.stringify(o).slice(0, 200));
+        stack.push(...Object.values(o));
+      }
+      assert.ok(bounds > 0);
+      const capacity = doc.paths['/api/metadata'].post.requestBody.content['application/json'].schema.properties.capacityKw;
+      assert.deepEqual([capacity.minimum, capacity.exclusiveMinimum], [0, true]);
+      assert.ok(doc.paths['/api/metadata/{nodeId}'].get.responses[200].headers.ETag);
+      assert.ok(doc.paths['/api/metadata/{nodeId}'].patch.responses[200].headers.ETag);
+      assert.deepEqual(Object.keys(doc.paths['/api/realtime/stream'].get.responses[200].content), ['text/event-stream']);
+      assert.deepEqual(Object.keys(doc.paths['/metrics'].get.responses[200].content), ['text/plain']);
+      // The route schemas themselves keep JSON Schema's form (a capacity of 0 is still refused).
+      const zero = await t.request({ method: 'POST', url: '/api/metadata', payload: { nodeId: 'oas-0', name: 'n', type: 'battery', status: 'active', capacityKw: 0 }, key: KEYS.admin });
+      assert.equal(zero.statusCode, 400, zero.body);
+    });
+
     test('metrics are Prometheus text', async () => {
       await t.request({ method: 'GET', url: '/health/live', key: null });
       const r = await t.request({ method: 'GET', url: '/metrics', key: null });

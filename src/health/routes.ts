@@ -90,8 +90,19 @@ export const healthRoutes: FastifyPluginAsyncTypebox<{ container: Container }> =
     },
   );
 
-  app.get('/metrics', { schema: { hide: true }, config: noLimit }, async (_req, reply) => {
-    const body = await container.metrics.registry.metrics();
-    return reply.header('content-type', container.metrics.registry.contentType).send(body);
-  });
+  app.get(
+    '/metrics',
+    {
+      schema: {
+        tags: ['operations'],
+        summary: 'Prometheus metrics (text exposition format); public, like the health endpoints',
+        response: { 200: { description: 'Prometheus text', content: { 'text/plain': { schema: { type: 'string' } } } } },
+      },
+      config: noLimit,
+    },
+    async (_req, reply) => {
+      const body = await container.metrics.registry.metrics();
+      return reply.header('content-type', container.metrics.registry.contentType).send(body);
+    },
+  );
 };

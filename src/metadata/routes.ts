@@ -18,6 +18,16 @@ function changedBy(req: FastifyRequest): string | null {
   return req.apiKeyId ? `key:${req.apiKeyId.slice(0, 12)}` : null;
 }
 
+/** A node answer as documented: the node as JSON, with its version as ETag (and, when created, its Location). */
+const nodeAnswer = (description: string, location = false) => ({
+  description,
+  headers: {
+    ETag: { type: 'string', description: 'the node\'s version, quoted ("3"); send it back in If-Match / If-None-Match' },
+    ...(location ? { Location: { type: 'string', description: 'the new node\'s URL' } } : {}),
+  },
+  content: { 'application/json': { schema: NodeView } },
+});
+
 export function metadataRoutes(service: MetadataService): FastifyPluginAsyncTypebox {
   return async (app) => {
     // RFC 7396's media type, parsed like JSON (same proto-poisoning protection and errors).
@@ -35,7 +45,7 @@ export function metadataRoutes(service: MetadataService): FastifyPluginAsyncType
           tags: ['metadata'],
           summary: 'create a node',
           body: NodeInput,
-          response: { 201: NodeView, ...bodyErrorResponses, 409: ErrorResponse },
+          response: { 201: nodeAnswer('the node created', true), ...bodyErrorResponses, 409: ErrorResponse },
         },
       },
       async (req, reply) => {
@@ -53,7 +63,7 @@ export function metadataRoutes(service: MetadataService): FastifyPluginAsyncType
           tags: ['metadata'],
           summary: 'read a node (ETag = version; If-None-Match gives 304)',
           params: NodeParams,
-          response: { 200: NodeView, 304: Type.Null(), ...errorResponses },
+          response: { 200: nodeAnswer('the node'), 304: Type.Null({ description: 'not modified (If-None-Match matched its ETag)' }), ...errorResponses },
         },
       },
       async (req, reply) => {
@@ -79,7 +89,7 @@ export function metadataRoutes(service: MetadataService): FastifyPluginAsyncType
           params: NodeParams,
           headers: Type.Object({ 'if-match': Type.Optional(Type.String({ description: '3, "3" or W/"3"; 412 when the node is at another version' })) }),
           body: MergePatch,
-          response: { 200: NodeView, ...bodyErrorResponses, 412: ErrorResponse },
+          response: { 200: nodeAnswer('the node after the patch'), ...bodyErrorResponses, 412: ErrorResponse },
         },
       },
       async (req, reply) => {

@@ -124,7 +124,7 @@ export function realtimeRoutes(deps: { portfolio: PortfolioService; hub: StreamH
           security: [{ bearer: [] }, { apiKey: [] }],
           querystring: StreamQuery,
           headers: Type.Object({ 'last-event-id': Type.Optional(Type.String({ maxLength: 64 })) }),
-          response: { 200: { description: 'text/event-stream', type: 'string' }, ...errorResponses },
+          response: { 200: { description: 'the event stream', content: { 'text/event-stream': { schema: { type: 'string' } } } }, ...errorResponses },
         },
         onRequest: async (req) => authorize(deps.keyRing, req as FastifyRequest<{ Querystring: { apiKey?: string | string[] } }>),
       },
