@@ -67,6 +67,18 @@ function toOpenApi30(original: Record<string, unknown>): Record<string, unknown>
   return doc;
 }
 
+/** Operations whose body may be left out (@fastify/swagger marks every declared body required). */
+const OPTIONAL_BODIES: readonly [path: string, method: string][] = [['/api/transactions/anchors', 'post']];
+
+function optionalBodies(doc: Record<string, unknown>): Record<string, unknown> {
+  const paths = doc.paths as Record<string, Record<string, { requestBody?: { required?: boolean } }>> | undefined;
+  for (const [p, m] of OPTIONAL_BODIES) {
+    const body = paths?.[p]?.[m]?.requestBody;
+    if (body) body.required = false;
+  }
+  return doc;
+}
+
 /** Builds the application on a wired container. `server.ts` runs it; tests call `inject`. */
 export async function buildApp(container: Container, opts: AppOptions = {}): Promise<FastifyInstance> {
   return buildTypedApp(container, opts) as unknown as Promise<FastifyInstance>;
@@ -158,7 +170,7 @@ async function buildTypedApp(container: Container, opts: AppOptions) {
       return { schema: s as never, url };
     },
     // The route schemas are JSON Schema 2020-12; the document is OpenAPI 3.0.3 (toOpenApi30).
-    transformObject: (doc) => toOpenApi30((doc as { openapiObject: Record<string, unknown> }).openapiObject) as never,
+    transformObject: (doc) => optionalBodies(toOpenApi30((doc as { openapiObject: Record<string, unknown> }).openapiObject)) as never,
   });
   await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { docExpansion: 'list' }, staticCSP: false });
   app.get('/docs/openapi.json', { schema: { hide: true } }, async () => app.swagger());

@@ -88,6 +88,8 @@ export function metadataRoutes(service: MetadataService): FastifyPluginAsyncType
           summary: 'merge-patch a node (RFC 7396); If-Match: <version> guards against lost updates',
           params: NodeParams,
           headers: Type.Object({ 'if-match': Type.Optional(Type.String({ description: '3, "3" or W/"3"; 412 when the node is at another version' })) }),
+          // Documented media types of the body (OpenAPI only; both are parsed, as JSON).
+          consumes: ['application/merge-patch+json', 'application/json'],
           body: MergePatch,
           response: { 200: nodeAnswer('the node after the patch'), ...bodyErrorResponses, 412: ErrorResponse },
         },
