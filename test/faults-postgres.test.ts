@@ -44,9 +44,14 @@ describe('PostgreSQL stops during ingestion', { timeout: 90_000 }, () => {
     assert.equal(svc.proc.exitCode, null, `the service died with the database:\n${svc.output()}`);
     const ready = await fetch(`${svc.url}/health/ready`, { signal: AbortSignal.timeout(5_000) });
     assert.equal(ready.status, 503, 'not ready while the database is down');
+    // Both 503s carry the error envelope beside their check results.
+    assert.equal(((await ready.json()) as { error: { code: string } }).error.code, 'NOT_READY');
     const health = await fetch(`${svc.url}/health`, { signal: AbortSignal.timeout(5_000) });
     assert.equal(health.status, 503);
-    assert.equal(((await health.json()) as { status: string }).status, 'down');
+    const down = (await health.json()) as { status: string; error: { code: string; details: unknown[] } };
+    assert.equal(down.status, 'down');
+    assert.equal(down.error.code, 'DATABASE_UNAVAILABLE');
+    assert.deepEqual(down.error.details, []);
     const live = await fetch(`${svc.url}/health/live`);
     assert.equal(live.status, 200, 'the process itself is alive');
 

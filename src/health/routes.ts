@@ -11,6 +11,10 @@ const HealthResponse = Type.Object({
   uptimeSeconds: Type.Number(),
 });
 const Plain = Type.Object({ status: Type.String(), database: Type.Optional(Check) });
+// A 503 carries the contract's error envelope beside the check results (every 4xx/5xx body has `error`).
+const ErrorPart = Type.Object({ code: Type.String(), message: Type.String(), details: Type.Array(Type.Object({ path: Type.String(), message: Type.String() })) });
+const NotReady = Type.Object({ ...Plain.properties, error: ErrorPart });
+const HealthDown = Type.Object({ ...HealthResponse.properties, error: ErrorPart });
 
 const VERSION = process.env.npm_package_version ?? '0.1.0';
 const DB_CHECK_TIMEOUT_MS = 2000;
@@ -57,16 +61,18 @@ export const healthRoutes: FastifyPluginAsyncTypebox<{ container: Container }> =
 
   app.get(
     '/health/ready',
-    { schema: { tags: ['operations'], summary: 'can serve: database reachable and migrated', response: { 200: Plain, 503: Plain } }, config: noLimit },
+    { schema: { tags: ['operations'], summary: 'can serve: database reachable and migrated', response: { 200: Plain, 503: NotReady } }, config: noLimit },
     async (_req, reply) => {
       const db = await databaseCheck(container);
-      return reply.code(db.ok ? 200 : 503).send({ status: db.ok ? 'ready' : 'not_ready', database: db });
+      if (db.ok) return reply.code(200).send({ status: 'ready', database: db });
+      const why = db.error === undefined ? 'migrations are not applied' : `database unreachable: ${db.error}`;
+      return reply.code(503).send({ status: 'not_ready', database: db, error: { code: 'NOT_READY', message: why, details: [] } });
     },
   );
 
   app.get(
     '/health',
-    { schema: { tags: ['operations'], summary: 'dependency checks', response: { 200: HealthResponse, 503: HealthResponse } }, config: noLimit },
+    { schema: { tags: ['operations'], summary: 'dependency checks', response: { 200: HealthResponse, 503: HealthDown } }, config: noLimit },
     async (_req, reply) => {
       const checks: Record<string, HealthCheck> = {};
       const [database, cache] = await Promise.all([databaseCheck(container), container.cache.ping().then((c) => ({ ...c, kind: container.cache.kind }))]);
@@ -86,6 +92,7 @@ export const healthRoutes: FastifyPluginAsyncTypebox<{ container: Container }> =
         checks,
         version: VERSION,
         uptimeSeconds: Math.round((Date.now() - container.startedAt) / 1000),
+        ...(status === 'down' ? { error: { code: 'DATABASE_UNAVAILABLE', message: `database unreachable: ${database.error ?? 'migrations are not applied'}`, details: [] } } : {}),
       });
     },
   );
