@@ -228,6 +228,18 @@ for (const backend of backends()) {
   });
 }
 
+/** Sends raw bytes to the port, returns everything the server wrote before it closed the connection. */
+function sendRaw(port: number, request: string): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    // Written, not ended: Node's server drops a request whose client half-closes before the answer.
+    const socket = net.connect(port, '127.0.0.1', () => socket.write(request));
+    socket.on('data', (d) => chunks.push(d));
+    socket.on('error', reject);
+    socket.on('close', () => resolve(Buffer.concat(chunks).toString('utf8')));
+  });
+}
+
 describe('requests refused by the HTTP parser', () => {
   let t: TestApp;
   let port: number;
@@ -238,16 +250,7 @@ describe('requests refused by the HTTP parser', () => {
   });
   after(async () => t?.close());
 
-  /** Sends raw bytes, returns everything the server wrote before it closed the connection. */
-  const raw = (request: string) =>
-    new Promise<string>((resolve, reject) => {
-      const chunks: Buffer[] = [];
-      // Written, not ended: Node's server drops a request whose client half-closes before the answer.
-      const socket = net.connect(port, '127.0.0.1', () => socket.write(request));
-      socket.on('data', (d) => chunks.push(d));
-      socket.on('error', reject);
-      socket.on('close', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    });
+  const raw = (request: string) => sendRaw(port, request);
 
   test('a URL of 1,000 node ids of 64 characters fits (up to 128 KiB); beyond the limit 431, malformed 400, both in the envelope', async () => {
     const ids = Array.from({ length: 1000 }, (_, i) => `${String(i).padStart(4, '0')}${'x'.repeat(60)}`).join(',');
@@ -273,14 +276,7 @@ describe('requests that never finish, and unsupported expectations', () => {
   });
   after(async () => t?.close());
 
-  const raw = (request: string) =>
-    new Promise<string>((resolve, reject) => {
-      const chunks: Buffer[] = [];
-      const socket = net.connect(port, '127.0.0.1', () => socket.write(request));
-      socket.on('data', (d) => chunks.push(d));
-      socket.on('error', reject);
-      socket.on('close', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    });
+  const raw = (request: string) => sendRaw(port, request);
 
   test('a body that never arrives gets a 408 in the envelope once the request timeout passes, and the connection is closed', async () => {
     const t0 = Date.now();

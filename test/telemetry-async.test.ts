@@ -5,6 +5,7 @@ import { backends, createTestApp, KEYS, redisSkip, type TestApp } from './suppor
 import { insertNodes, minutesAgo } from './support/telemetry-nodes.js';
 import { decodeRows, type IngestQueue } from '../src/telemetry/queue.js';
 import type { GroupCommitWriter } from '../src/telemetry/writer.js';
+import type { IngestRow } from '../src/telemetry/validate.js';
 import type { RedisQueue } from '../src/telemetry/queue-redis.js';
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -137,20 +138,28 @@ describe('async ingestion on Redis: crash recovery and outage', { skip: redisSki
   });
   after(async () => t?.close());
 
-  test("a crashed consumer's pending entries are reclaimed (XAUTOCLAIM) and written", async () => {
-    const q = queueOf(t) as RedisQueue;
+  /**
+   * With this instance's consumer stopped, queues `n` readings of `nodeId` and lets another
+   * consumer take the entry and die without acknowledging it; returns the entry's rows.
+   */
+  async function takenByDeadConsumer(q: RedisQueue, nodeId: string, n: number, start: number): Promise<IngestRow[]> {
     await q.stop();
-    const start = minutesAgo(15);
-    const r = await t.request({ method: 'POST', url: '/api/telemetry/batch?mode=async', payload: batch('rq-1', 7, start), key: KEYS.telemetry });
+    const r = await t.request({ method: 'POST', url: '/api/telemetry/batch?mode=async', payload: batch(nodeId, n, start), key: KEYS.telemetry });
     assert.equal(r.statusCode, 202);
-    // Another consumer takes the entry and dies without acknowledging it.
     const other = new Redis(process.env.REDIS_URL as string);
     try {
-      const got = (await other.xreadgroup('GROUP', 'ingest', 'dead-consumer', 'COUNT', 10, 'STREAMS', `${t.keyPrefix}ingest:stream`, '>')) as [string, unknown[]][] | null;
+      const got = (await other.xreadgroup('GROUP', 'ingest', `dead-${nodeId}`, 'COUNT', 10, 'STREAMS', `${t.keyPrefix}ingest:stream`, '>')) as [string, [string, string[]][]][] | null;
       assert.equal(got?.[0][1].length, 1);
+      const fields = got![0][1][0][1];
+      return decodeRows(fields[fields.indexOf('p') + 1]);
     } finally {
       other.disconnect();
     }
+  }
+
+  test("a crashed consumer's pending entries are reclaimed (XAUTOCLAIM) and written", async () => {
+    const q = queueOf(t) as RedisQueue;
+    await takenByDeadConsumer(q, 'rq-1', 7, minutesAgo(15));
     await q.start();
     assert.equal(await countRows(t, 'rq-1'), 0);
     await new Promise((res) => setTimeout(res, 30));
@@ -165,22 +174,12 @@ describe('async ingestion on Redis: crash recovery and outage', { skip: redisSki
   test('an entry a dead consumer wrote but did not acknowledge is redone without counting its rows as duplicates; rows it had not written are written', async () => {
     await insertNodes(t, [{ nodeId: 'rq-2' }]);
     const q = queueOf(t) as RedisQueue;
-    await q.stop();
     const start = minutesAgo(25);
-    const r = await t.request({ method: 'POST', url: '/api/telemetry/batch?mode=async', payload: batch('rq-2', 6, start), key: KEYS.telemetry });
-    assert.equal(r.statusCode, 202);
-    // The dead consumer takes the entry, commits four of its six readings (as they were queued,
-    // arrival stamps included) and dies before acknowledging it.
-    const other = new Redis(process.env.REDIS_URL as string);
-    try {
-      const got = (await other.xreadgroup('GROUP', 'ingest', 'dead-consumer-2', 'COUNT', 10, 'STREAMS', `${t.keyPrefix}ingest:stream`, '>')) as [string, [string, string[]][]][] | null;
-      const fields = got![0][1][0][1];
-      const rows = decodeRows(fields[fields.indexOf('p') + 1]);
-      const writer = (t.container.domains.find((x) => 'writer' in x) as unknown as { writer: GroupCommitWriter }).writer;
-      assert.deepEqual(await writer.submit(rows.slice(0, 4)), { stored: 4, duplicates: 0 });
-    } finally {
-      other.disconnect();
-    }
+    // The dead consumer had committed four of the entry's six readings (as they were queued,
+    // arrival stamps included) before it died.
+    const rows = await takenByDeadConsumer(q, 'rq-2', 6, start);
+    const writer = (t.container.domains.find((x) => 'writer' in x) as unknown as { writer: GroupCommitWriter }).writer;
+    assert.deepEqual(await writer.submit(rows.slice(0, 4)), { stored: 4, duplicates: 0 });
     await q.start();
     await new Promise((res) => setTimeout(res, 30));
     assert.equal(await q.reclaim(10), 1);
