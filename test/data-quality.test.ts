@@ -12,9 +12,10 @@ interface Row {
   flags?: number;
 }
 
-interface DailyCounter {
+/** Ingestion's counters of one reading key (telemetry_quality_keys). */
+interface KeyCounter {
   nodeId: string;
-  day: string;
+  ts: number;
   duplicates: number;
   corrected: number;
 }
@@ -61,9 +62,9 @@ async function insertRows(t: TestApp, nodeId: string, rows: Row[]): Promise<void
   );
 }
 
-async function insertDaily(t: TestApp, counters: DailyCounter[]): Promise<void> {
+async function insertKeys(t: TestApp, counters: KeyCounter[]): Promise<void> {
   for (const c of counters) {
-    await t.container.db.pool.query('INSERT INTO telemetry_quality_daily (node_id, day, duplicates, corrected) VALUES ($1, $2, $3, $4)', [c.nodeId, c.day, c.duplicates, c.corrected]);
+    await t.container.db.pool.query('INSERT INTO telemetry_quality_keys (node_id, ts, duplicates, corrected) VALUES ($1, $2, $3, $4)', [c.nodeId, new Date(c.ts), c.duplicates, c.corrected]);
   }
 }
 
@@ -71,7 +72,7 @@ async function insertDaily(t: TestApp, counters: DailyCounter[]): Promise<void> 
  * The reference: the documented rules, computed by walking the readings and counting slots one by
  * one (no closed forms), independent of the service's SQL and arithmetic.
  */
-function reference(args: { rows: Row[]; allRows?: Row[]; from: number; to: number; now: number; intervalSeconds: number; daily: DailyCounter[]; nodeId: string }) {
+function reference(args: { rows: Row[]; allRows?: Row[]; from: number; to: number; now: number; intervalSeconds: number; keys: KeyCounter[]; nodeId: string }) {
   const I = args.intervalSeconds * 1000;
   const tol = 1.5 * I;
   const end = Math.min(args.to, args.now);
@@ -99,11 +100,9 @@ function reference(args: { rows: Row[]; allRows?: Row[]; from: number; to: numbe
     const last = inRange[inRange.length - 1].ts;
     if (end - last > tol) gaps.push({ start: last, end, missing: count((k) => last + k * I < end) });
   }
-  const fromDay = new Date(args.from).toISOString().slice(0, 10);
-  const toDay = new Date(args.to - 1).toISOString().slice(0, 10);
-  const days = args.daily.filter((d) => d.nodeId === args.nodeId && d.day >= fromDay && d.day <= toDay);
-  const duplicates = days.reduce((s, d) => s + d.duplicates, 0);
-  const corrected = days.reduce((s, d) => s + d.corrected, 0);
+  const keys = args.keys.filter((k) => k.nodeId === args.nodeId && k.ts >= args.from && k.ts < args.to);
+  const duplicates = keys.reduce((s, k) => s + k.duplicates, 0);
+  const corrected = keys.reduce((s, k) => s + k.corrected, 0);
   const outOfRange = inRange.filter((r) => ((r.flags ?? 0) & 1) === 1).length;
   const late = inRange.filter((r) => ((r.flags ?? 0) & 2) === 2).length;
   const all = args.allRows ?? args.rows;
@@ -162,19 +161,22 @@ describe('data quality', () => {
     await insertRows(t, 'q-1', [...rows, ...outside]);
     await addNode(t, 'q-other', 60);
     await insertRows(t, 'q-other', [{ ts: at(1), flags: 3 }, { ts: at(2) }]);
-    const daily: DailyCounter[] = [
-      { nodeId: 'q-1', day: '2026-10-31', duplicates: 70, corrected: 7 },
-      { nodeId: 'q-1', day: '2026-11-01', duplicates: 3, corrected: 1 },
-      { nodeId: 'q-1', day: '2026-11-02', duplicates: 2, corrected: 0 },
-      { nodeId: 'q-1', day: '2026-11-03', duplicates: 100, corrected: 9 },
-      { nodeId: 'q-other', day: '2026-11-01', duplicates: 50, corrected: 5 },
+    // Keys re-sent before, at the edges of and inside the range, and another node's.
+    const keys: KeyCounter[] = [
+      { nodeId: 'q-1', ts: Date.UTC(2026, 9, 31, 12), duplicates: 70, corrected: 7 },
+      { nodeId: 'q-1', ts: from - MIN, duplicates: 40, corrected: 4 },
+      { nodeId: 'q-1', ts: at(35), duplicates: 3, corrected: 1 },
+      { nodeId: 'q-1', ts: at(80), duplicates: 2, corrected: 0 },
+      { nodeId: 'q-1', ts: to, duplicates: 1, corrected: 1 },
+      { nodeId: 'q-1', ts: Date.UTC(2026, 10, 3, 12), duplicates: 100, corrected: 9 },
+      { nodeId: 'q-other', ts: at(35), duplicates: 50, corrected: 5 },
     ];
-    await insertDaily(t, daily);
+    await insertKeys(t, keys);
 
     const r = await quality('q-1', `from=${new Date(from).toISOString()}&to=${to}`);
     assert.equal(r.statusCode, 200, r.body);
     const body = r.json() as Report;
-    const want = reference({ rows, allRows: [...rows, ...outside], from, to, now: Date.now(), intervalSeconds: 60, daily, nodeId: 'q-1' });
+    const want = reference({ rows, allRows: [...rows, ...outside], from, to, now: Date.now(), intervalSeconds: 60, keys, nodeId: 'q-1' });
     assert.deepEqual(pick(body), want);
     // The reference itself, spelled out by hand.
     assert.deepEqual(body.gaps.map((g) => g.missing), [5, 1, 30, 10]);
@@ -190,12 +192,14 @@ describe('data quality', () => {
     assert.equal(body.gaps[0].start, new Date(from).toISOString());
     assert.equal(body.gaps[3].end, new Date(to).toISOString());
 
-    // A range that starts mid-day still counts that whole day's counters (they are per UTC day).
+    // A sub-range counts the keys inside it only (the counters are kept per reading key).
     const r2 = await quality('q-1', `from=${from + 30 * MIN}&to=${from + 45 * MIN}`);
-    const want2 = reference({ rows, allRows: [...rows, ...outside], from: from + 30 * MIN, to: from + 45 * MIN, now: Date.now(), intervalSeconds: 60, daily, nodeId: 'q-1' });
+    const want2 = reference({ rows, allRows: [...rows, ...outside], from: from + 30 * MIN, to: from + 45 * MIN, now: Date.now(), intervalSeconds: 60, keys, nodeId: 'q-1' });
     assert.deepEqual(pick(r2.json() as Report), want2);
     assert.equal((r2.json() as Report).duplicates, 3);
     assert.deepEqual((r2.json() as Report).gaps, []);
+    const r3 = await quality('q-1', `from=${at(36)}&to=${at(79)}`);
+    assert.deepEqual([(r3.json() as Report).duplicates, (r3.json() as Report).corrected], [0, 0]);
   });
 
   test('no readings in range: one gap over the whole range, completeness 0, score 0', async () => {
@@ -205,7 +209,7 @@ describe('data quality', () => {
     const r = await quality('q-empty', `from=${from}&to=${to}`);
     assert.equal(r.statusCode, 200, r.body);
     const body = r.json() as Report;
-    assert.deepEqual(pick(body), reference({ rows: [], from, to, now: Date.now(), intervalSeconds: 300, daily: [], nodeId: 'q-empty' }));
+    assert.deepEqual(pick(body), reference({ rows: [], from, to, now: Date.now(), intervalSeconds: 300, keys: [], nodeId: 'q-empty' }));
     assert.equal(body.expected, 71);
     assert.equal(body.completenessPct, 0);
     assert.equal(body.score, 0);
@@ -220,7 +224,7 @@ describe('data quality', () => {
     const rows = Array.from({ length: 120 }, (_, i) => ({ ts: from + i * 30_000 }));
     await insertRows(t, 'q-fast', rows);
     const body = (await quality('q-fast', `from=${from}&to=${from + HOUR}`)).json() as Report;
-    assert.deepEqual(pick(body), reference({ rows, from, to: from + HOUR, now: Date.now(), intervalSeconds: 60, daily: [], nodeId: 'q-fast' }));
+    assert.deepEqual(pick(body), reference({ rows, from, to: from + HOUR, now: Date.now(), intervalSeconds: 60, keys: [], nodeId: 'q-fast' }));
     assert.equal(body.received, 120);
     assert.equal(body.expected, 60);
     assert.equal(body.completenessPct, 100);
@@ -239,7 +243,7 @@ describe('data quality', () => {
     const afterMs = Date.now();
     assert.equal(r.statusCode, 200, r.body);
     const body = r.json() as Report;
-    const candidates = [before, afterMs].map((n) => reference({ rows, from, to: now + HOUR, now: n, intervalSeconds: 60, daily: [], nodeId: 'q-live' }));
+    const candidates = [before, afterMs].map((n) => reference({ rows, from, to: now + HOUR, now: n, intervalSeconds: 60, keys: [], nodeId: 'q-live' }));
     assert.ok(candidates.some((c) => JSON.stringify(c) === JSON.stringify(pick(body))), `${JSON.stringify(pick(body))} vs ${JSON.stringify(candidates)}`);
     assert.equal(body.stale, false);
     assert.ok(body.expected === 30 || body.expected === 31);
@@ -256,7 +260,7 @@ describe('data quality', () => {
     const afterMs = Date.now();
     assert.equal(r.statusCode, 200, r.body);
     const body = r.json() as Report;
-    const candidates = [before, afterMs].map((n) => reference({ rows, from: now - 10 * MIN, to: now + HOUR, now: n, intervalSeconds: 60, daily: [], nodeId: 'q-ahead' }));
+    const candidates = [before, afterMs].map((n) => reference({ rows, from: now - 10 * MIN, to: now + HOUR, now: n, intervalSeconds: 60, keys: [], nodeId: 'q-ahead' }));
     assert.ok(candidates.some((c) => JSON.stringify(c) === JSON.stringify(pick(body))), `${JSON.stringify(pick(body))} vs ${JSON.stringify(candidates)}`);
     // The silence runs from now − 2 min to now + 4 min; of its 5 slots only those before now (1 or 2) are missing.
     assert.equal(body.gaps.length, 1);
@@ -270,7 +274,7 @@ describe('data quality', () => {
     const rows = Array.from({ length: 1200 }, (_, i) => ({ ts: from + i * 3000 }));
     await insertRows(t, 'q-sparse', rows);
     const body = (await quality('q-sparse', `from=${from}&to=${to}`)).json() as Report;
-    const want = reference({ rows, from, to, now: Date.now(), intervalSeconds: 1, daily: [], nodeId: 'q-sparse' });
+    const want = reference({ rows, from, to, now: Date.now(), intervalSeconds: 1, keys: [], nodeId: 'q-sparse' });
     assert.equal(want.gapCount, 1200); // 1199 between readings + the trailing 3 s
     assert.equal(body.gapCount, want.gapCount);
     assert.equal(body.gaps.length, 1000);
@@ -296,12 +300,12 @@ describe('data quality', () => {
     const rows = all.filter((r) => !cut(r)).map((r, i) => ({ ts: r.ts, flags: i % 97 === 0 ? 1 : i % 89 === 0 ? 2 : 0 }));
     await addNode(t, 'neso-gb', 1800, 60_000_000);
     await insertRows(t, 'neso-gb', rows);
-    const daily: DailyCounter[] = [{ nodeId: 'neso-gb', day: '2021-01-15', duplicates: 12, corrected: 3 }];
-    await insertDaily(t, daily);
+    const keys: KeyCounter[] = [{ nodeId: 'neso-gb', ts: Date.UTC(2021, 0, 15, 12), duplicates: 12, corrected: 3 }];
+    await insertKeys(t, keys);
     const from = Date.UTC(2021, 0, 1);
     const to = Date.UTC(2021, 1, 1);
     const body = (await quality('neso-gb', `from=2021-01-01T00:00:00Z&to=2021-02-01T00:00:00Z`)).json() as Report;
-    const want = reference({ rows, from, to, now: Date.now(), intervalSeconds: 1800, daily, nodeId: 'neso-gb' });
+    const want = reference({ rows, from, to, now: Date.now(), intervalSeconds: 1800, keys, nodeId: 'neso-gb' });
     assert.deepEqual(pick(body), want);
     assert.equal(body.expected, 1488);
     assert.equal(body.received, 1488 - 57);
@@ -387,18 +391,18 @@ describe('data quality end to end through ingestion', () => {
     assert.equal(r.statusCode, 200, r.body);
     const body = r.json() as Report;
     const rows = [...flagsOf].map(([ts, flags]) => ({ ts, flags }));
-    const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
-    // Ingestion counts per UTC day of the reading's timestamp.
-    const daily: DailyCounter[] = [];
-    for (const [i, kind] of [[0, 'd'], [1, 'd'], [2, 'd'], [3, 'd'], [5, 'c'], [6, 'c']] as const) {
-      const d = day(Date.parse(sent[i].timestamp));
-      let c = daily.find((x) => x.day === d);
-      if (!c) daily.push((c = { nodeId: 'q-e2e', day: d, duplicates: 0, corrected: 0 }));
-      if (kind === 'd') c.duplicates++;
-      else c.corrected++;
-    }
+    // Ingestion counts per key: the re-sent readings' own timestamps.
+    const keys: KeyCounter[] = [[0, 'd'], [1, 'd'], [2, 'd'], [3, 'd'], [5, 'c'], [6, 'c']].map(([i, kind]) => ({
+      nodeId: 'q-e2e',
+      ts: Date.parse(sent[i as number].timestamp),
+      duplicates: kind === 'd' ? 1 : 0,
+      corrected: kind === 'c' ? 1 : 0,
+    }));
     const now2 = Date.now();
-    const want = reference({ rows, from, to: from + 30 * MIN, now: now2, intervalSeconds: 60, daily, nodeId: 'q-e2e' });
+    const want = reference({ rows, from, to: from + 30 * MIN, now: now2, intervalSeconds: 60, keys, nodeId: 'q-e2e' });
+    // A sub-range holding only two of the re-sent keys counts those two.
+    const part = await t.request({ method: 'GET', url: `/api/data-quality/q-e2e?from=${keys[2].ts}&to=${keys[3].ts + 1}`, key: KEYS.read });
+    assert.equal(part.json().duplicates, 2);
     assert.deepEqual(pick(body), want);
     assert.equal(body.duplicates, 4);
     assert.equal(body.corrected, 2);

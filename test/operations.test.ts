@@ -112,7 +112,7 @@ describe('operations: partitions, retention, archive, restore', () => {
     // Rollup marks and quality counters of a dropped day must go with it; the kept day's stay.
     for (const d of [...oldDays, keptDay]) {
       await pool.query('INSERT INTO telemetry_dirty_buckets (node_id, bucket_start) VALUES ($1, $2)', ['op-node-0', new Date(d + 3_600_000)]);
-      await pool.query('INSERT INTO telemetry_quality_daily (node_id, day, duplicates) VALUES ($1, $2::date, 3)', ['op-node-0', new Date(d).toISOString().slice(0, 10)]);
+      await pool.query('INSERT INTO telemetry_quality_keys (node_id, ts, duplicates) VALUES ($1, $2, 3)', ['op-node-0', new Date(d + 12 * 3_600_000)]);
     }
     // A direct write's invalidation-log row, still pending, over a dropped day and the kept day:
     // retention turns it into marks first, then drops the dropped day's.
@@ -195,7 +195,7 @@ describe('operations: partitions, retention, archive, restore', () => {
     const dirty = await pool.query<{ b: Date }>('SELECT bucket_start AS b FROM telemetry_dirty_buckets ORDER BY bucket_start');
     assert.deepEqual(dirty.rows.map((r) => r.b.getTime()), [keptDay + 3_600_000, keptDay + 7_200_000]);
     assert.equal((await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM telemetry_invalidation_log')).rows[0].n, 0);
-    const q = await pool.query<{ day: string }>(`SELECT to_char(day, 'YYYY-MM-DD') AS day FROM telemetry_quality_daily`);
+    const q = await pool.query<{ day: string }>(`SELECT DISTINCT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day FROM telemetry_quality_keys`);
     assert.deepEqual(q.rows.map((r) => r.day), [new Date(keptDay).toISOString().slice(0, 10)]);
     const arch = await pool.query<{ partition: string; dropped_at: Date | null; row_count: number }>('SELECT partition, dropped_at, row_count FROM telemetry_archives ORDER BY partition');
     assert.equal(arch.rows.length, 2);

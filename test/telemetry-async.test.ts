@@ -70,7 +70,7 @@ for (const backend of backends()) {
       assert.equal(again.statusCode, 202);
       await waitFor(async () => (await queueOf(t).stats()).depth === 0);
       assert.equal(await countRows(t, 'aq-1'), 10);
-      const { rows } = await t.container.db.pool.query('SELECT duplicates FROM telemetry_quality_daily WHERE node_id = $1', ['aq-1']);
+      const { rows } = await t.container.db.pool.query('SELECT duplicates FROM telemetry_quality_keys WHERE node_id = $1', ['aq-1']);
       assert.equal(rows.reduce((s: number, x: { duplicates: number }) => s + x.duplicates, 0), 10);
       const latest = await t.request({ method: 'GET', url: '/api/telemetry/aq-1/latest', key: KEYS.read });
       assert.equal(latest.json().timestamp, iso(start + 9000));
@@ -184,7 +184,7 @@ describe('async ingestion on Redis: crash recovery and outage', { skip: redisSki
     await new Promise((res) => setTimeout(res, 30));
     assert.equal(await q.reclaim(10), 1);
     assert.equal(await countRows(t, 'rq-2'), 6);
-    const { rows: qd } = await t.container.db.pool.query<{ d: number }>('SELECT coalesce(sum(duplicates), 0)::int AS d FROM telemetry_quality_daily WHERE node_id = $1', ['rq-2']);
+    const { rows: qd } = await t.container.db.pool.query<{ d: number }>('SELECT coalesce(sum(duplicates), 0)::int AS d FROM telemetry_quality_keys WHERE node_id = $1', ['rq-2']);
     assert.equal(qd[0].d, 0);
     // A client's identical re-send (a new request, a new arrival stamp) is still a duplicate.
     const again = await t.request({ method: 'POST', url: '/api/telemetry/batch', payload: batch('rq-2', 6, start), key: KEYS.telemetry });

@@ -81,7 +81,7 @@ describe('telemetry ingestion (sync)', () => {
     assert.equal(rows[0].power_kw, 13);
     assert.equal(rows[0].flags & 4, 4, 'a replaced reading carries the corrected flag');
     assert.deepEqual(rows[0].extra, { alarms: [], phaseL1V: 230.1 });
-    const { rows: q } = await t.container.db.pool.query('SELECT duplicates, corrected FROM telemetry_quality_daily WHERE node_id = $1', ['bat-1']);
+    const { rows: q } = await t.container.db.pool.query("SELECT sum(duplicates)::int8 AS duplicates, sum(corrected)::int8 AS corrected FROM telemetry_quality_keys WHERE node_id = $1 GROUP BY (ts AT TIME ZONE 'UTC')::date", ['bat-1']);
     assert.deepEqual(q, [{ duplicates: 1, corrected: 1 }]);
   });
 
@@ -100,7 +100,7 @@ describe('telemetry ingestion (sync)', () => {
     assert.deepEqual(r.json(), { stored: 4, duplicates: 2, rejected: [] });
     const rows = await rowsOf(t, 'bat-2');
     assert.deepEqual(rows.map((x) => [x.ts.getTime(), x.power_kw]), [[t0, 1], [t0 + 60_000, 3]]);
-    const { rows: q } = await t.container.db.pool.query('SELECT duplicates, corrected FROM telemetry_quality_daily WHERE node_id = $1', ['bat-2']);
+    const { rows: q } = await t.container.db.pool.query("SELECT sum(duplicates)::int8 AS duplicates, sum(corrected)::int8 AS corrected FROM telemetry_quality_keys WHERE node_id = $1 GROUP BY (ts AT TIME ZONE 'UTC')::date", ['bat-2']);
     assert.deepEqual(q, [{ duplicates: 2, corrected: 2 }]);
     // The whole batch again: the final state of each key is what is stored; the rest are changes.
     r = await post('/api/telemetry/batch', { readings: [readings[4], readings[5]] });
@@ -391,7 +391,7 @@ describe('telemetry ingestion (sync)', () => {
     // The whole write again: all duplicates, counted per node and UTC day; nothing marked dirty.
     await expandInvalidationLog(t.container.db.pool);
     await t.container.db.pool.query('DELETE FROM telemetry_dirty_buckets WHERE node_id = ANY($1)', [nodes]);
-    const { rows: q0 } = await t.container.db.pool.query('SELECT node_id, day::text, duplicates::int, corrected::int FROM telemetry_quality_daily WHERE node_id = ANY($1)', [nodes]);
+    const { rows: q0 } = await t.container.db.pool.query("SELECT node_id, (ts AT TIME ZONE 'UTC')::date::text AS day, sum(duplicates)::int AS duplicates, sum(corrected)::int AS corrected FROM telemetry_quality_keys WHERE node_id = ANY($1) GROUP BY 1, 2", [nodes]);
     r = await post('/api/telemetry/batch', { readings });
     assert.deepEqual(r.json(), { stored: 0, duplicates: readings.length, rejected: [] });
     assert.deepEqual(r.json(), reference(readings));
@@ -416,7 +416,7 @@ describe('telemetry ingestion (sync)', () => {
       else e.duplicates++;
       expectedQ.set(k, e);
     }
-    const { rows: q1 } = await t.container.db.pool.query('SELECT node_id, day::text, duplicates::int, corrected::int FROM telemetry_quality_daily WHERE node_id = ANY($1)', [nodes]);
+    const { rows: q1 } = await t.container.db.pool.query("SELECT node_id, (ts AT TIME ZONE 'UTC')::date::text AS day, sum(duplicates)::int AS duplicates, sum(corrected)::int AS corrected FROM telemetry_quality_keys WHERE node_id = ANY($1) GROUP BY 1, 2", [nodes]);
     assert.deepEqual(new Map(q1.map((x) => [`${x.node_id}|${x.day}`, { duplicates: x.duplicates, corrected: x.corrected }])), expectedQ);
     for (const nodeId of nodes) {
       const tss = mixed.filter((x, i) => changed.has(i) && x.nodeId === nodeId).map((x) => Date.parse(x.timestamp));
@@ -454,7 +454,7 @@ describe('telemetry ingestion (sync)', () => {
     assert.deepEqual(await dirtyOf(t, 'dw-2'), expectedBuckets([0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map((k) => ts0 + k * 60_000), 60));
     const { rows: lat } = await t.container.db.pool.query<{ node_id: string; ts: Date }>('SELECT node_id, ts FROM telemetry_latest WHERE node_id = ANY($1) ORDER BY 1', [nodes]);
     assert.deepEqual(lat.map((l) => [l.node_id, l.ts.getTime()]), nodes.map((id) => [id, ts0 + 9 * 60_000]));
-    const { rows: q } = await t.container.db.pool.query<{ d: number }>('SELECT sum(duplicates)::int AS d FROM telemetry_quality_daily WHERE node_id = $1', ['dw-1']);
+    const { rows: q } = await t.container.db.pool.query<{ d: number }>('SELECT sum(duplicates)::int AS d FROM telemetry_quality_keys WHERE node_id = $1', ['dw-1']);
     assert.equal(q[0].d, 1);
 
     // Another writer (another instance) wrote key 10 of both nodes meanwhile: for dw-1 the same
@@ -536,7 +536,7 @@ describe('telemetry ingestion (sync)', () => {
   });
 
   test('identical re-sends in a large staged write count as duplicates whatever their arrival stamp: copies of a request split over two flushes, and the same batch written by two instances with one stamp', async () => {
-    const quality = async (nodes: string[]) => (await t.container.db.pool.query<{ d: number }>('SELECT coalesce(sum(duplicates), 0)::int AS d FROM telemetry_quality_daily WHERE node_id = ANY($1)', [nodes])).rows[0].d;
+    const quality = async (nodes: string[]) => (await t.container.db.pool.query<{ d: number }>('SELECT coalesce(sum(duplicates), 0)::int AS d FROM telemetry_quality_keys WHERE node_id = ANY($1)', [nodes])).rows[0].d;
     const count = async (nodes: string[]) => (await t.container.db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM telemetry WHERE node_id = ANY($1)', [nodes])).rows[0].n;
     const ts0 = Math.floor(minutesAgo(1000) / 60_000) * 60_000;
     const readings = (nodes: string[], per: number, stamp: number): IngestRow[] =>
@@ -632,7 +632,7 @@ describe('telemetry ingestion (sync)', () => {
         assert.deepEqual(rows.map((x) => x.power_kw), [3, 3], nodeId);
         assert.deepEqual(rows.map((x) => Math.floor(x.received_at.getTime())), [t2, t2], nodeId);
         assert.ok(rows.every((x) => (x.flags & FLAG_CORRECTED) !== 0), nodeId);
-        const { rows: q } = await t.container.db.pool.query<{ d: number; c: number }>('SELECT sum(duplicates)::int AS d, sum(corrected)::int AS c FROM telemetry_quality_daily WHERE node_id = $1', [nodeId]);
+        const { rows: q } = await t.container.db.pool.query<{ d: number; c: number }>('SELECT sum(duplicates)::int AS d, sum(corrected)::int AS c FROM telemetry_quality_keys WHERE node_id = $1', [nodeId]);
         assert.deepEqual(q[0], { d: 0, c: 2 }, nodeId);
         // An identical copy that arrived earlier is a duplicate.
         await client.query(BEGIN_WRITE);

@@ -100,7 +100,7 @@ export async function runTelemetryRetention(pool: pg.Pool, opts: TelemetryRetent
         // partition committed before the detach ended), so none can come back after this.
         await expandInvalidationLogIn(client);
         await client.query('DELETE FROM telemetry_dirty_buckets WHERE bucket_start >= $1 AND bucket_start < $2', [new Date(p.day), new Date(p.day + DAY_MS)]);
-        await client.query('DELETE FROM telemetry_quality_daily WHERE day = $1::date', [new Date(p.day).toISOString().slice(0, 10)]);
+        await client.query('DELETE FROM telemetry_quality_keys WHERE ts >= $1 AND ts < $2', [new Date(p.day), new Date(p.day + DAY_MS)]);
         await client.query('UPDATE telemetry_archives SET dropped_at = now() WHERE partition = $1', [p.name]);
         await client.query('COMMIT');
       } catch (err) {

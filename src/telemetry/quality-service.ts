@@ -4,7 +4,7 @@ import { AppError } from '../http/errors.js';
 import { isoUtc } from '../http/time.js';
 import type { NodeRegistry } from '../metadata/registry.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { dailyCounters, interiorGaps, newestReadingMs, nodeIntervalSeconds, qualityCounts } from './quality-store.js';
+import { interiorGaps, keyCounters, newestReadingMs, nodeIntervalSeconds, qualityCounts } from './quality-store.js';
 
 /** A silence is a gap when strictly longer than this many expected intervals. */
 export const GAP_TOLERANCE_FACTOR = 1.5;
@@ -77,10 +77,6 @@ export function qualityScore(r: { expected: number; received: number; outOfRange
   return Math.round(100 * c * (1 - 0.5 * oor) * (1 - 0.25 * late) * (1 - 0.25 * resent));
 }
 
-function utcDay(ms: number): string {
-  return isoUtc(ms).slice(0, 10);
-}
-
 /** Computes data-quality reports; every figure comes from SQL aggregates and window functions over one snapshot. */
 export class DataQualityService {
   constructor(
@@ -108,12 +104,12 @@ export class DataQualityService {
         const counts = await qualityCounts(c, nodeId, from, to, toleranceMs / 1000);
         const leading = counts.firstMs !== null && counts.firstMs - from > toleranceMs;
         const interior = await interiorGaps(c, nodeId, from, to, toleranceMs / 1000, MAX_LISTED_GAPS - (leading ? 1 : 0));
-        const daily = await dailyCounters(c, nodeId, utcDay(from), utcDay(to - 1));
+        const resent = await keyCounters(c, nodeId, from, to);
         const newest = await newestReadingMs(c, nodeId);
-        return { counts, leading, interior, daily, newest };
+        return { counts, leading, interior, resent, newest };
       }),
     );
-    const { counts, interior, daily, newest } = facts;
+    const { counts, interior, resent, newest } = facts;
 
     const gaps: QualityGap[] = [];
     const gap = (startMs: number, endMs: number, missing: number) => gaps.push({ start: isoUtc(startMs), end: isoUtc(endMs), missing });
@@ -141,7 +137,7 @@ export class DataQualityService {
 
     const received = counts.received;
     const completenessPct = expected > 0 ? Math.round(Math.min(100, (100 * received) / expected) * 100) / 100 : 100;
-    const figures = { expected, received, outOfRange: counts.outOfRange, late: counts.late, duplicates: daily.duplicates, corrected: daily.corrected };
+    const figures = { expected, received, outOfRange: counts.outOfRange, late: counts.late, duplicates: resent.duplicates, corrected: resent.corrected };
     return {
       nodeId,
       from: isoUtc(from),
@@ -150,8 +146,8 @@ export class DataQualityService {
       expected,
       received,
       completenessPct,
-      duplicates: daily.duplicates,
-      corrected: daily.corrected,
+      duplicates: resent.duplicates,
+      corrected: resent.corrected,
       outOfRange: counts.outOfRange,
       late: counts.late,
       gaps,

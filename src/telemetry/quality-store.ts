@@ -58,15 +58,12 @@ export async function interiorGaps(db: Queryable, nodeId: string, from: number, 
   return rows.map((r) => ({ prevMs: r.prev_ms, nextMs: r.next_ms }));
 }
 
-/**
- * Ingestion's per-day counters summed over UTC days `fromDay`..`toDay` (both inclusive,
- * `YYYY-MM-DD`).
- */
-export async function dailyCounters(db: Queryable, nodeId: string, fromDay: string, toDay: string): Promise<{ duplicates: number; corrected: number }> {
+/** Ingestion's counters (identical re-sends, corrections) of the node's keys in [from, to) (epoch ms). */
+export async function keyCounters(db: Queryable, nodeId: string, from: number, to: number): Promise<{ duplicates: number; corrected: number }> {
   const { rows } = await db.query<{ duplicates: number; corrected: number }>(
     `SELECT coalesce(sum(duplicates), 0)::int8 AS duplicates, coalesce(sum(corrected), 0)::int8 AS corrected
-       FROM telemetry_quality_daily WHERE node_id = $1 AND day >= $2::date AND day <= $3::date`,
-    [nodeId, fromDay, toDay],
+       FROM telemetry_quality_keys WHERE node_id = $1 AND ts >= $2 AND ts < $3`,
+    [nodeId, isoUtc(from), isoUtc(to)],
   );
   return rows[0];
 }

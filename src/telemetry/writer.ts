@@ -99,16 +99,17 @@ export function latestSql(param: string): string {
   RETURNING l.node_id, l.version`;
 }
 
-/** Per node and UTC day: identical re-sends and corrections; `sources` yield (node_id, day, dups, corr). */
+/** Per reading key: identical re-sends and corrections (migration 013); `sources` yield (node_id, ts, dups, corr). */
 function qualitySql(sources: string[]): string {
-  return `INSERT INTO telemetry_quality_daily AS q (node_id, day, duplicates, corrected)
-  SELECT node_id, day, sum(dups), sum(corr) FROM (${sources.join('\n    UNION ALL ')}) x
-  GROUP BY 1, 2 ORDER BY node_id COLLATE "C", day
-  ON CONFLICT (node_id, day) DO UPDATE SET duplicates = q.duplicates + EXCLUDED.duplicates, corrected = q.corrected + EXCLUDED.corrected`;
+  return `INSERT INTO telemetry_quality_keys AS q (node_id, ts, duplicates, corrected)
+  SELECT node_id, ts, sum(dups), sum(corr) FROM (${sources.join('\n    UNION ALL ')}) x
+  GROUP BY 1, 2 ORDER BY node_id COLLATE "C", ts
+  ON CONFLICT (node_id, ts) DO UPDATE SET duplicates = q.duplicates + EXCLUDED.duplicates, corrected = q.corrected + EXCLUDED.corrected`;
 }
 
-const CORRECTIONS_FROM_INS = `SELECT node_id, (ts AT TIME ZONE 'UTC')::date AS day, 0::bigint AS dups, 1::bigint AS corr FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0`;
-const FLUSH_DUPS = (param: string) => `SELECT e->>0 AS node_id, (e->>1)::date AS day, (e->>2)::bigint AS dups, 0::bigint AS corr FROM jsonb_array_elements(${param}::jsonb) e`;
+const CORRECTIONS_FROM_INS = `SELECT node_id, ts, 0::bigint AS dups, 1::bigint AS corr FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0`;
+const FLUSH_DUPS = (param: string) => `SELECT e->>0 AS node_id, (e->>1)::timestamptz AS ts, (e->>2)::bigint AS dups, 0::bigint AS corr FROM jsonb_array_elements(${param}::jsonb) e`;
+const DUPS_FROM_DUP = `SELECT node_id, ts, 1::bigint, 0::bigint FROM dup`;
 
 /**
  * One row of telemetry_invalidation_log (migration 012) from the write's invalidation ranges and
@@ -124,7 +125,7 @@ export const logInsertSql = (ranges: string, marks: string, where = '') =>
  * invalidationOf). When every staged row was written, their buckets are logged here in one row of
  * telemetry_invalidation_log, as a direct write does. Otherwise `dup` lists the staged rows the
  * upsert did not write (identical re-sends; see upsertSql), as
- * SMALL_SQL does, counts them per day and returns them, and the writer logs the buckets of the
+ * SMALL_SQL does, counts them per key and returns them, and the writer logs the buckets of the
  * rest (LOG_SQL). Only rows the upsert returned were written: their arrival stamps prove nothing,
  * since copies split over two flushes, or the same batch stamped alike by two instances, carry
  * the same stamp as the stored row. The one-time filter skips the anti-join when all were written.
@@ -139,7 +140,7 @@ const LARGE_SQL = `WITH ins AS (
 ), logged AS (
   ${logInsertSql('$1', '$5', 'WHERE (SELECT count(*) FROM ins) = $4::int')}
 ), q AS (
-  ${qualitySql([CORRECTIONS_FROM_INS, FLUSH_DUPS('$3'), `SELECT node_id, (ts AT TIME ZONE 'UTC')::date, 1::bigint, 0::bigint FROM dup`])}
+  ${qualitySql([CORRECTIONS_FROM_INS, FLUSH_DUPS('$3'), DUPS_FROM_DUP])}
 )
 SELECT (SELECT count(*) FROM ins)::int AS written,
   (SELECT count(*) FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0)::int AS corrected,
@@ -175,7 +176,7 @@ const SMALL_SQL = `WITH s AS MATERIALIZED (
   ORDER BY node_id COLLATE "C", bucket_start
   ON CONFLICT (node_id, bucket_start) DO UPDATE SET marked_at = clock_timestamp()
 ), q AS (
-  ${qualitySql([CORRECTIONS_FROM_INS, FLUSH_DUPS('$4'), `SELECT node_id, (ts AT TIME ZONE 'UTC')::date, 1::bigint, 0::bigint FROM dup`])}
+  ${qualitySql([CORRECTIONS_FROM_INS, FLUSH_DUPS('$4'), DUPS_FROM_DUP])}
 )
 SELECT (SELECT count(*) FROM ins WHERE flags & ${FLAG_CORRECTED} <> 0)::int AS corrected,
   (SELECT coalesce(json_agg(json_build_array(node_id, version)), '[]') FROM lat) AS latest,
@@ -240,7 +241,7 @@ interface Plan {
   rounds: number[][];
   /** Per node, the row that is its newest reading once the write is applied. */
   latest: number[];
-  /** Identical copies inside the write per `${nodeId}\0${UTC day}`. */
+  /** Identical copies inside the write per `${nodeId}\0${ts}` (ts in epoch ms). */
   flushDups: Map<string, number>;
 }
 
@@ -279,7 +280,7 @@ function planWrite(rows: readonly IngestRow[]): Plan {
         if (sameReading(rows[kept], rows[i])) {
           outcome[i] = OUTCOME_DUPLICATE;
           duplicates++;
-          const key = `${id}\u0000${new Date(rows[i].ts).toISOString().slice(0, 10)}`;
+          const key = `${id}\u0000${rows[i].ts}`;
           flushDups.set(key, (flushDups.get(key) ?? 0) + 1);
           continue;
         }
@@ -321,12 +322,12 @@ function latestJson(p: Plan, iso: IsoCache, texts: string[]): string {
   return `[${parts.join(',')}]`;
 }
 
-/** [[nodeId, day, copies]] of identical copies inside the write. */
-function flushDupsJson(p: Plan): string {
+/** [[nodeId, ts, copies]] of identical copies inside the write. */
+function flushDupsJson(p: Plan, iso: IsoCache): string {
   const parts: string[] = [];
   for (const [key, count] of p.flushDups) {
     const sep = key.indexOf('\u0000');
-    parts.push(`[${JSON.stringify(key.slice(0, sep))},"${key.slice(sep + 1)}",${count}]`);
+    parts.push(`[${JSON.stringify(key.slice(0, sep))},"${iso.iso(Number(key.slice(sep + 1)))}",${count}]`);
   }
   return `[${parts.join(',')}]`;
 }
@@ -767,7 +768,7 @@ async function applyPlan(client: pg.PoolClient | pg.Client, p: Plan, smallRows: 
   const iso = new IsoCache();
   const result: WriteResult = { outcome: p.outcome, stored: 0, duplicates: p.duplicates, corrected: 0, latest: [], changed: [], direct, directConflict: false };
   const readingTexts: string[] = [];
-  const w: WriteParams = { iso, latest: latestJson(p, iso, readingTexts), dups: flushDupsJson(p) };
+  const w: WriteParams = { iso, latest: latestJson(p, iso, readingTexts), dups: flushDupsJson(p, iso) };
   const versions = direct ? await writeDirect(client, p, w) : await writeRounds(client, p, smallRows, w, result, opens);
   result.stored = p.rows.length - result.duplicates;
   const byNode = new Map<string, number>();
