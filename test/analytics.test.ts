@@ -325,6 +325,32 @@ describe('analytics: per-node daily and monthly', () => {
         });
       }
 
+      test('a date the zone skipped has no row; offsets with seconds are written as whole minutes', async () => {
+        // Pacific/Apia went from 2011-12-29 24:00 (-10:00) to 2011-12-31 00:00 (+14:00).
+        const r = await get(`/api/analytics/${NODE}/daily?from=2011-12-29&to=2011-12-31&tz=Pacific/Apia`);
+        assert.equal(r.statusCode, 200, r.body);
+        const days = (r.json() as { days: (Row & { start: string; end: string })[] }).days;
+        assert.deepEqual(days.map((d) => d.date), ['2011-12-29', '2011-12-31']);
+        assert.deepEqual(days.map((d) => d.hours), [24, 24]);
+        assert.deepEqual([days[0].start, days[0].end, days[1].start], ['2011-12-29T00:00:00.000-10:00', '2011-12-31T00:00:00.000+14:00', '2011-12-31T00:00:00.000+14:00']);
+        const none = await get(`/api/analytics/${NODE}/daily?from=2011-12-30&to=2011-12-30&tz=Pacific/Apia`);
+        assert.equal(none.statusCode, 200, none.body);
+        assert.deepEqual(none.json().days, []);
+        const month = await get(`/api/analytics/${NODE}/monthly?from=2011-11&to=2012-01&tz=Pacific/Apia`);
+        assert.equal(month.statusCode, 200, month.body);
+        assert.deepEqual((month.json() as { months: Row[] }).months.map((m) => m.hours), [30 * 24, 30 * 24, 31 * 24]);
+        const bench = await get(`/api/analytics/${NODE}/benchmarks?from=2011-12-30&to=2011-12-30&tz=Pacific/Apia`);
+        assert.equal(bench.statusCode, 400, bench.body);
+        assert.equal(bench.json().error.code, 'INVALID_DATE');
+        // Africa/Monrovia kept -00:44:30 until 1972: RFC 3339 has whole-minute offsets only.
+        const mon = await get(`/api/analytics/${NODE}/daily?from=1971-06-01&to=1971-06-01&tz=Africa/Monrovia`);
+        assert.equal(mon.statusCode, 200, mon.body);
+        const [d] = (mon.json() as { days: { start: string; end: string }[] }).days;
+        for (const text of [d.start, d.end]) assert.match(text, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{2}:\d{2}$/);
+        assert.equal(Date.parse(d.start), Date.parse('1971-06-01T00:44:30Z'));
+        assert.equal(Date.parse(d.end) - Date.parse(d.start), 24 * 3_600_000);
+      });
+
       test('bad inputs get the error envelope with 4xx, never 500', async () => {
         const cases: [string, number, string | null][] = [
           [`/api/analytics/${NODE}/daily?from=2026-13-01&to=2026-12-01`, 400, KEYS.read],

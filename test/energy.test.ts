@@ -65,6 +65,32 @@ describe('calendar boundaries (buckets.ts)', () => {
     assert.equal((d.end - d.start) / H, 23);
   });
 
+  test('a day a zone skipped whole has no period (Pacific/Apia crossed the date line on 2011-12-29)', () => {
+    // Apia went from 2011-12-29 24:00 (-10:00) straight to 2011-12-31 00:00 (+14:00).
+    const days = localDays('Pacific/Apia', '2011-12-29', '2011-12-31');
+    assert.deepEqual(days.map((d) => d.label), ['2011-12-29', '2011-12-31']);
+    assert.equal(days[0].end, iso('2011-12-30T10:00:00Z'));
+    assert.equal(days[1].start, days[0].end);
+    assert.deepEqual(days.map((d) => (d.end - d.start) / H), [24, 24]);
+    assert.deepEqual(localDays('Pacific/Apia', '2011-12-30', '2011-12-30'), []);
+    const weeks = calendarPeriods('Pacific/Apia', 'week', iso('2011-12-20T00:00:00Z'), iso('2012-01-10T00:00:00Z'));
+    for (let i = 1; i < weeks.length; i++) assert.equal(weeks[i].start, weeks[i - 1].end);
+    assert.equal(weeks.find((w) => w.label === '2011-12-26')!.end - weeks.find((w) => w.label === '2011-12-26')!.start, 6 * 24 * H);
+    assert.ok(calendarPeriods('Pacific/Apia', 'day', iso('2011-12-25T00:00:00Z'), iso('2012-01-05T00:00:00Z')).every((p) => p.end > p.start));
+  });
+
+  test('offsets with seconds are written as RFC 3339 whole-minute offsets naming the same instant', () => {
+    // Africa/Monrovia kept -00:44:30 until 1972; America/Juneau was +15:02:19 until 1867-10-19.
+    for (const [tz, at] of [['Africa/Monrovia', '1970-06-01T12:00:00.000Z'], ['America/Juneau', '1867-01-01T00:00:00.000Z'], ['Africa/Monrovia', '1971-12-31T23:59:59.999Z']]) {
+      const ms = iso(at);
+      assert.notEqual(offsetAt(tz, ms) % 60_000, 0, `${tz} has an offset with seconds at ${at}`);
+      const text = formatInZone(ms, tz);
+      assert.match(text, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{2}:\d{2}$/, text);
+      assert.equal(Date.parse(text), ms, text);
+      assert.ok(Math.abs(offsetAt(tz, ms) - (Date.parse(text.slice(0, 23) + 'Z') - ms)) <= 30_000, text);
+    }
+  });
+
   test('periods partition the range with no gaps or overlaps', () => {
     for (const tz of ['America/New_York', 'Australia/Lord_Howe', 'Asia/Kolkata', 'Europe/London']) {
       const from = iso('2025-12-30T00:00:00Z');

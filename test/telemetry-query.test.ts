@@ -531,6 +531,34 @@ describe('historical queries across time zones', () => {
     assert.ok(hb.every((b) => b.count === 60));
   });
 
+  test('a day the zone skipped has no bucket (Pacific/Apia 2011-12-30); offsets with seconds print as whole minutes', async () => {
+    const nodeId = 'apia-1';
+    await putNode(t, { nodeId, timezone: 'Pacific/Apia', telemetryIntervalSeconds: 60 });
+    const rs: TestReading[] = [];
+    for (let ts = iso('2011-12-29T10:00:00Z'); ts < iso('2011-12-31T10:00:00Z'); ts += 60_000) rs.push({ ts, powerKw: 1 });
+    await writeReadings(t.container.db.pool, nodeId, rs, 60);
+    for (const refreshed of [false, true]) {
+      if (refreshed) await t.container.jobs.runNow('rollup-refresh');
+      const days = await get(nodeId, { from: '2011-12-29T00:00:00-10:00', to: '2012-01-01T00:00:00+14:00', interval: '1d', tz: 'Pacific/Apia', agg: 'count,sum', fill: 'null' });
+      assert.equal(days.statusCode, 200, days.body);
+      const db = days.json().buckets as Bucket[];
+      assert.deepEqual(db.map((b) => b.start), ['2011-12-29T00:00:00.000-10:00', '2011-12-31T00:00:00.000+14:00']);
+      assert.deepEqual(db.map((b) => b.count), [1440, 1440]);
+      const weeks = await get(nodeId, { from: '2011-12-26T00:00:00-10:00', to: '2012-01-02T00:00:00+14:00', interval: '1w', tz: 'Pacific/Apia', agg: 'count', fill: 'null' });
+      assert.equal(weeks.statusCode, 200, weeks.body);
+      assert.deepEqual((weeks.json().buckets as Bucket[]).map((b) => [b.start, b.count]), [['2011-12-26T00:00:00.000-10:00', 2880]]);
+    }
+    // Africa/Monrovia kept -00:44:30 until 1972: hourly buckets start at local hh:00:00, 44.5 minutes off the UTC hour.
+    const mon = await get(nodeId, { from: '1971-06-01T00:00:00Z', to: '1971-06-01T03:00:00Z', interval: '1h', tz: 'Africa/Monrovia', fill: 'null' });
+    assert.equal(mon.statusCode, 200, mon.body);
+    const mb = mon.json().buckets as Bucket[];
+    assert.equal(mb.length, 4);
+    for (const b of mb) {
+      assert.match(b.start, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{2}:\d{2}$/);
+      assert.ok((Date.parse(b.start) - iso('1971-06-01T00:44:30Z')) % 3_600_000 === 0, b.start);
+    }
+  });
+
   test('Asia/Kolkata (+05:30) days, weeks and months assemble from 1 h and 15 min rollups', async () => {
     const nodeId = 'hq-kolkata';
     await putNode(t, { nodeId, timezone: 'Asia/Kolkata', telemetryIntervalSeconds: 300 });

@@ -222,6 +222,8 @@ export class AnalyticsService {
     const tz = this.zone(input.tz, node);
     this.dateRange(input.from, input.to);
     const periods = localDays(tz, input.from, input.to);
+    // Every date asked for was skipped in this zone (e.g. Pacific/Apia's 2011-12-30): no days.
+    if (periods.length === 0) return { nodeId: node.nodeId, tz, from: input.from, to: input.to, capacityKw: node.capacityKw, telemetryIntervalSeconds: node.telemetryIntervalSeconds, days: [] };
     const answer = await this.cached('daily', node, tz, periods, async () => {
       const sums = await this.periodSums(node, periods);
       return sums.map((s) => this.row(s, node, tz));
@@ -340,6 +342,10 @@ export class AnalyticsService {
     // With `tz`, every peer is measured over the same dates in that zone; else each in its own.
     const tz = input.tz === undefined ? undefined : this.zone(input.tz, node);
     const [a, b] = this.dateRange(input.from, input.to);
+    const ownZone = tz ?? node.timezone;
+    if (!(localDayStart(ownZone, b.y, b.m, b.d + 1) > localDayStart(ownZone, a.y, a.m, a.d))) {
+      throw badRequest(`no date from ${input.from} to ${input.to} occurred in time zone ${ownZone}`, [{ path: '/from', message: 'every date asked for was skipped in this time zone' }], 'INVALID_DATE');
+    }
     const q = this.deps.db.readPool;
     // Peer windows are each peer's own local days, so the fleet-wide fingerprint spans ±14 h around them.
     const lo = Date.UTC(a.y, a.m - 1, a.d) - 14 * H_MS;
@@ -351,11 +357,15 @@ export class AnalyticsService {
     const { value } = await this.deps.cache.getOrCompute(key, hi, todayStart, async () => {
       const peers = await this.deps.metrics.timeStore('analytics', 'peers', () => listLiveNodes(q, node.type));
       if (!peers.some((p) => p.nodeId === node.nodeId)) peers.push({ ...node, status: 'decommissioned' });
-      const windows = peers.map((p) => {
-        const start = localDayStart(tz ?? p.timezone, a.y, a.m, a.d);
-        const end = localDayStart(tz ?? p.timezone, b.y, b.m, b.d + 1);
-        return { node: p, start, end };
-      });
+      // A peer whose zone skipped every date asked for has no window and is left out.
+      const windows = peers
+        .map((p) => {
+          const start = localDayStart(tz ?? p.timezone, a.y, a.m, a.d);
+          const end = localDayStart(tz ?? p.timezone, b.y, b.m, b.d + 1);
+          return { node: p, start, end };
+        })
+        .filter((w) => w.end > w.start || w.node.nodeId === node.nodeId);
+
       const [energy, money] = await Promise.all([
         this.deps.metrics.timeStore('analytics', 'energy_many', () =>
           energyForNodes(q, windows.map((w) => ({ nodeId: w.node.nodeId, telemetryIntervalSeconds: w.node.telemetryIntervalSeconds, periods: [{ start: w.start, end: w.end }] }))),

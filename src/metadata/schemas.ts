@@ -10,6 +10,11 @@ export type NodeStatus = (typeof NODE_STATUSES)[number];
 export const TECHNICAL_MAX_BYTES = 16 * 1024;
 export const DEFAULT_TIMEZONE = 'UTC';
 export const DEFAULT_TELEMETRY_INTERVAL_SECONDS = 60;
+/**
+ * Bound on the magnitude of power, energy and price figures (the same as telemetry values and
+ * transaction amounts): fleet sums and products of such figures stay far inside float8's range.
+ */
+export const FIGURE_MAX = 1e12;
 
 export const NodeTypeSchema = StringEnum(NODE_TYPES, { description: 'technology type' });
 export const NodeStatusSchema = StringEnum(NODE_STATUSES, { description: 'operating status' });
@@ -28,9 +33,9 @@ const Location = Type.Object(
 const Tariff = Type.Object(
   {
     currency: Type.String({ pattern: '^[A-Z]{3}$', description: 'ISO 4217 code, e.g. EUR' }),
-    importPricePerKwh: Type.Optional(Type.Number({ description: 'price paid per imported kWh, in `currency`; may be negative' })),
-    exportPricePerKwh: Type.Optional(Type.Number({ description: 'price received per exported kWh, in `currency`; may be negative' })),
-    demandChargePerKw: Type.Optional(Type.Number({ minimum: 0, description: 'demand charge per kW of peak, in `currency`, >= 0' })),
+    importPricePerKwh: Type.Optional(Type.Number({ minimum: -FIGURE_MAX, maximum: FIGURE_MAX, description: 'price paid per imported kWh, in `currency`; may be negative' })),
+    exportPricePerKwh: Type.Optional(Type.Number({ minimum: -FIGURE_MAX, maximum: FIGURE_MAX, description: 'price received per exported kWh, in `currency`; may be negative' })),
+    demandChargePerKw: Type.Optional(Type.Number({ minimum: 0, maximum: FIGURE_MAX, description: 'demand charge per kW of peak, in `currency`, >= 0' })),
   },
   { additionalProperties: false },
 );
@@ -39,8 +44,8 @@ const Grid = Type.Object(
   {
     connectionPointId: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'grid connection point (e.g. German MaLo/MeLo id)' })),
     voltageLevelKv: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1500, description: 'connection voltage in kV, > 0' })),
-    maxImportKw: Type.Optional(Type.Number({ minimum: 0, description: 'contracted import limit in kW, >= 0' })),
-    maxExportKw: Type.Optional(Type.Number({ minimum: 0, description: 'contracted export limit in kW, >= 0' })),
+    maxImportKw: Type.Optional(Type.Number({ minimum: 0, maximum: FIGURE_MAX, description: 'contracted import limit in kW, >= 0' })),
+    maxExportKw: Type.Optional(Type.Number({ minimum: 0, maximum: FIGURE_MAX, description: 'contracted export limit in kW, >= 0' })),
     operator: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'grid operator' })),
   },
   { additionalProperties: false },
@@ -52,8 +57,8 @@ const nodeProperties = {
   name: Type.String({ minLength: 1, maxLength: 200 }),
   type: NodeTypeSchema,
   status: NodeStatusSchema,
-  capacityKw: Type.Number({ exclusiveMinimum: 0, description: 'nameplate / max dispatchable power in kW, > 0' }),
-  storageCapacityKwh: Type.Optional(Type.Number({ minimum: 0, description: 'usable storage in kWh, >= 0 (batteries, UPS)' })),
+  capacityKw: Type.Number({ exclusiveMinimum: 0, maximum: FIGURE_MAX, description: 'nameplate / max dispatchable power in kW, > 0, at most 1e12' }),
+  storageCapacityKwh: Type.Optional(Type.Number({ minimum: 0, maximum: FIGURE_MAX, description: 'usable storage in kWh, >= 0 (batteries, UPS), at most 1e12' })),
   location: Type.Optional(Location),
   timezone: Type.Optional(
     Type.String({ minLength: 1, maxLength: 64, default: DEFAULT_TIMEZONE, description: 'IANA time zone known to both Node and PostgreSQL; default UTC' }),

@@ -163,7 +163,8 @@ function addRow(f: PortfolioFigures, row: PortfolioRow, asOfMs: number): void {
 function rounded(f: PortfolioFigures): PortfolioFigures {
   // Sums of floats pick up noise in the last bits; 1 mW / 1 mWh is far below any meter.
   const out = { ...f };
-  for (const k of SUMMED) out[k] = Math.round(out[k] * 1e6) / 1e6;
+  // Above 2^53 µ-units a float has no fraction left to round (and × 1e6 could overflow).
+  for (const k of SUMMED) if (Math.abs(out[k]) < 9e9) out[k] = Math.round(out[k] * 1e6) / 1e6;
   return out;
 }
 

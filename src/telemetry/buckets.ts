@@ -224,7 +224,8 @@ function labelOf(unit: CalendarUnit, c: { y: number; m: number; d: number }): st
 /**
  * Local calendar periods of `tz` overlapping `[from, to)`: the first one contains `from` (so it
  * may start before it), the last one contains `to - 1`. Days are 23/24/25 h long around DST
- * changes; weeks start Monday 00:00 local; months start on the 1st at 00:00 local.
+ * changes; weeks start Monday 00:00 local; months start on the 1st at 00:00 local. A day that
+ * never happened in `tz` (skipped whole when a zone crossed the date line) has no period.
  */
 export function calendarPeriods(tz: string, unit: CalendarUnit, from: number, to: number): Period[] {
   if (!(to > from)) return [];
@@ -235,7 +236,8 @@ export function calendarPeriods(tz: string, unit: CalendarUnit, from: number, to
   while (start < to) {
     const n = nextUnitDate(unit, c);
     const end = localDayStart(tz, n.y, n.m, n.d);
-    out.push({ start, end, label: labelOf(unit, c) });
+    // A local day that a zone skipped whole (Pacific/Apia's 2011-12-30) has no time: no period.
+    if (end > start) out.push({ start, end, label: labelOf(unit, c) });
     c = n;
     start = end;
   }
@@ -244,7 +246,9 @@ export function calendarPeriods(tz: string, unit: CalendarUnit, from: number, to
 
 /**
  * Local calendar days from civil date `first` to civil date `last`, both included
- * (`YYYY-MM-DD`), in `tz`. Throws RangeError on a malformed date or `last` before `first`.
+ * (`YYYY-MM-DD`), in `tz`. Days that never happened in `tz` are left out, so the result is empty
+ * when every date asked for was skipped. Throws RangeError on a malformed date or `last` before
+ * `first`.
  */
 export function localDays(tz: string, first: string, last: string): Period[] {
   const { from, to } = localDateSpan(tz, first, last);
@@ -256,10 +260,9 @@ function localDateSpan(tz: string, first: string, last: string): { from: number;
   const a = parseDateLabel(first);
   const b = parseDateLabel(last);
   if (!a || !b) throw new RangeError('dates must be YYYY-MM-DD');
-  const from = localDayStart(tz, a.y, a.m, a.d);
-  const to = localDayStart(tz, b.y, b.m, b.d + 1);
-  if (!(to > from)) throw new RangeError('last date is before first date');
-  return { from, to };
+  if (Date.UTC(b.y, b.m - 1, b.d) < Date.UTC(a.y, a.m - 1, a.d)) throw new RangeError('last date is before first date');
+  // Equal when every date asked for was skipped in `tz`.
+  return { from: localDayStart(tz, a.y, a.m, a.d), to: localDayStart(tz, b.y, b.m, b.d + 1) };
 }
 
 /**
@@ -340,9 +343,14 @@ export function intervalPeriods(interval: string, tz: string, from: number, to: 
   throw new RangeError(`unknown interval ${interval}`);
 }
 
-/** RFC 3339 with milliseconds and the local offset of `tz` (e.g. `2026-03-08T03:00:00.000-04:00`). */
+/**
+ * RFC 3339 with milliseconds and the local offset of `tz` (e.g. `2026-03-08T03:00:00.000-04:00`).
+ * RFC 3339 offsets are whole minutes: an offset with seconds (local mean time before standard
+ * time, e.g. Africa/Monrovia's -00:44:30 until 1972) is written rounded to the minute, with the
+ * wall time to match, so the text still names exactly the instant `ms`.
+ */
 export function formatInZone(ms: number, tz: string): string {
-  const off = offsetAt(tz, ms);
+  const off = Math.round(offsetAt(tz, ms) / MINUTE_MS) * MINUTE_MS;
   const w = new Date(ms + off);
   const sign = off < 0 ? '-' : '+';
   const abs = Math.abs(off) / MINUTE_MS;
