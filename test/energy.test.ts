@@ -91,6 +91,22 @@ describe('calendar boundaries (buckets.ts)', () => {
     }
   });
 
+  test('an offset change during the last UTC day of a year is found (Pacific/Kiritimati skipped 1994-12-31)', () => {
+    // Kiritimati moved from -10:00 to +14:00 at 1994-12-31T10:00Z: local 1994-12-31 never happened.
+    assert.equal(offsetAt('Pacific/Kiritimati', iso('1994-12-31T09:59:59Z')), -10 * H);
+    assert.equal(offsetAt('Pacific/Kiritimati', iso('1994-12-31T10:00:00Z')), 14 * H);
+    const days = localDays('Pacific/Kiritimati', '1994-12-29', '1995-01-02');
+    assert.deepEqual(days.map((p) => p.label), ['1994-12-29', '1994-12-30', '1995-01-01', '1995-01-02']);
+    assert.deepEqual(days.map((p) => (p.end - p.start) / H), [24, 24, 24, 24]);
+    assert.equal(days[2].start, iso('1994-12-31T10:00:00Z'));
+    assert.equal(formatInZone(iso('1994-12-31T10:00:00Z'), 'Pacific/Kiritimati'), '1995-01-01T00:00:00.000+14:00');
+  });
+
+  test('a local time past year 9999 keeps its milliseconds and offset', () => {
+    assert.equal(formatInZone(Date.parse('9999-12-31T23:00:00Z'), 'Pacific/Kiritimati'), '+010000-01-01T13:00:00.000+14:00');
+    assert.equal(formatInZone(Date.parse('9999-12-31T23:00:00Z'), 'UTC'), '9999-12-31T23:00:00.000+00:00');
+  });
+
   test('periods partition the range with no gaps or overlaps', () => {
     for (const tz of ['America/New_York', 'Australia/Lord_Howe', 'Asia/Kolkata', 'Europe/London']) {
       const from = iso('2025-12-30T00:00:00Z');

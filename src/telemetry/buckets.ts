@@ -96,8 +96,12 @@ function segmentsOfYear(tz: string, year: number): Segment[] {
   let segStart = start;
   let prevT = start;
   let prevOff = offsetFromIntl(tz, start);
-  for (let t = start + SAMPLE_MS; ; t = Math.min(t + SAMPLE_MS, end)) {
-    const off = t < end ? offsetFromIntl(tz, t) : prevOff;
+  // Samples run to the year's last second, so a change during its last UTC day is found
+  // (Pacific/Kiritimati's 1994-12-31T10:00Z, or one at local New Year east of UTC); a change at
+  // the year boundary itself starts the next year.
+  const last = end - 1000;
+  for (let t = Math.min(start + SAMPLE_MS, last); ; t = Math.min(t + SAMPLE_MS, last)) {
+    const off = offsetFromIntl(tz, t);
     if (off !== prevOff) {
       // Bisect (prevT, t] to the first second with the new offset.
       let lo = prevT;
@@ -112,7 +116,7 @@ function segmentsOfYear(tz: string, year: number): Segment[] {
       prevOff = off;
     }
     prevT = t;
-    if (t >= end) break;
+    if (t >= last) break;
   }
   segs.push({ start: segStart, end, offset: prevOff });
   yearSegments.set(key, segs);
@@ -354,5 +358,6 @@ export function formatInZone(ms: number, tz: string): string {
   const w = new Date(ms + off);
   const sign = off < 0 ? '-' : '+';
   const abs = Math.abs(off) / MINUTE_MS;
-  return `${w.toISOString().slice(0, 23)}${sign}${pad(Math.floor(abs / 60))}:${pad(abs % 60)}`;
+  // slice(0, -1) drops the Z, also from the expanded form of years past 9999 (+010000-01-01T…).
+  return `${w.toISOString().slice(0, -1)}${sign}${pad(Math.floor(abs / 60))}:${pad(abs % 60)}`;
 }
