@@ -8,6 +8,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import { loadConfig, readEnvironment, ConfigError, EnvSchema } from '../src/config.js';
 import { uniqueName } from './support/databases.js';
+import { cursorScope, encodeCursor } from '../src/http/cursor.js';
 
 describe('configuration', () => {
   test('defaults match the contract', () => {
@@ -320,7 +321,13 @@ describe('inputs that reached the database or a formatter unchecked (found by fu
   });
 
   test('cursors holding a NUL or a number no cursor holds: 400 INVALID_CURSOR, or an empty page past the range', async () => {
-    for (const url of [`/api/nodes/active?limit=1&cursor=${b64(['\u0000'])}`, `/api/nodes/by-type/battery?limit=1&cursor=${b64(['\u0000'])}`, `/api/nodes/nearby?lat=50&lon=8&radiusKm=20000&cursor=${b64([50, '\u0000'])}`]) {
+    // Tagged as the service tags them, so that what is refused is the key itself.
+    const nul = [
+      `/api/nodes/active?limit=1&cursor=${encodeCursor(cursorScope('nodes', 'active', undefined, 'active'), ['\u0000'])}`,
+      `/api/nodes/by-type/battery?limit=1&cursor=${encodeCursor(cursorScope('nodes', 'by_type', 'battery', undefined), ['\u0000'])}`,
+      `/api/nodes/nearby?lat=50&lon=8&radiusKm=20000&cursor=${encodeCursor(cursorScope('nearby', 50, 8, undefined), [50, '\u0000'])}`,
+    ];
+    for (const url of [...nul, `/api/nodes/active?limit=1&cursor=${b64(['a'])}`]) {
       const r = await t.request({ method: 'GET', url, key: KEYS.read });
       assert.equal(r.statusCode, 400, `${url}: ${r.body}`);
       assert.equal(r.json().error.code, 'INVALID_CURSOR');
@@ -328,13 +335,15 @@ describe('inputs that reached the database or a formatter unchecked (found by fu
     await t.request({ method: 'POST', url: '/api/metadata', payload: { nodeId: 'cur-1', name: 'n', type: 'battery', status: 'active', capacityKw: 10 }, key: KEYS.admin });
     const range = 'from=2026-11-27T00:00:00Z&to=2026-11-28T00:00:00Z&interval=raw&limit=1';
     // Cursor texts as sent (JSON numbers past Date's range and past 2^53).
-    for (const c of ['[8640000000000001]', '[9007199254740993]', '[99999999999999999999999]', '[-8640000000000001]']) {
+    // A genuine cursor's tag with the key's text replaced.
+    const tagged = (key: string) => Buffer.from(Buffer.from(encodeCursor(cursorScope('raw', 'cur-1'), [0]), 'base64url').toString().replace(/,0\]$/, `,${key}]`)).toString('base64url');
+    for (const c of ['8640000000000001', '9007199254740993', '99999999999999999999999', '-8640000000000001']) {
       for (const format of ['json', 'csv']) {
-        const r = await t.request({ method: 'GET', url: `/api/telemetry/cur-1/historical?${range}&format=${format}&cursor=${Buffer.from(c).toString('base64url')}`, key: KEYS.read });
+        const r = await t.request({ method: 'GET', url: `/api/telemetry/cur-1/historical?${range}&format=${format}&cursor=${tagged(c)}`, key: KEYS.read });
         assert.equal(r.statusCode, 200, `${c} ${format}: ${r.body}`);
       }
     }
-    const inf = await t.request({ method: 'GET', url: `/api/telemetry/cur-1/historical?${range}&cursor=${Buffer.from('[1e999]').toString('base64url')}`, key: KEYS.read });
+    const inf = await t.request({ method: 'GET', url: `/api/telemetry/cur-1/historical?${range}&cursor=${tagged('1e999')}`, key: KEYS.read });
     assert.equal(inf.statusCode, 400, inf.body);
     assert.equal(inf.json().error.code, 'INVALID_CURSOR');
   });

@@ -269,6 +269,46 @@ for (const backend of backends()) {
       assert.notEqual(limited.json().nextCursor, null);
     });
 
+    test("a cursor works only on the list that issued it (radiusKm may change); an empty one is 400", async () => {
+      const next = async (url: string) => {
+        const r = await t.request({ method: 'GET', url });
+        assert.equal(r.statusCode, 200, r.body);
+        const c = r.json().nextCursor as string | null;
+        assert.ok(c, `${url} has a next page`);
+        return c;
+      };
+      const active = await next('/api/nodes/active?limit=1');
+      const solar = await next('/api/nodes/by-type/solar?limit=1');
+      const activeSolar = await next('/api/nodes/active?type=solar&limit=1');
+      const near = await next('/api/nodes/nearby?lat=-17&lon=180&radiusKm=1500&limit=2');
+      const wrong: [string, string][] = [
+        [`/api/nodes/by-type/other?cursor=${active}`, 'active cursor on by-type'],
+        [`/api/nodes/by-type/wind?cursor=${solar}`, 'solar cursor on wind'],
+        [`/api/nodes/by-type/solar?status=active&cursor=${solar}`, 'cursor without status filter on one with it'],
+        [`/api/nodes/active?cursor=${activeSolar}`, 'type-filtered cursor without the filter'],
+        [`/api/nodes/active?type=solar&cursor=${solar}`, 'by-type cursor on active'],
+        [`/api/nodes/nearby?lat=60&lon=60&radiusKm=100&cursor=${near}`, 'nearby cursor from another point'],
+        [`/api/nodes/nearby?lat=-17&lon=180&radiusKm=1500&type=solar&cursor=${near}`, 'nearby cursor with another type'],
+        ['/api/nodes/active?cursor=', 'empty cursor'],
+        ['/api/nodes/nearby?lat=-17&lon=180&radiusKm=1500&cursor=', 'empty nearby cursor'],
+      ];
+      for (const [url, what] of wrong) {
+        const r = await t.request({ method: 'GET', url });
+        assert.equal(r.statusCode, 400, `${what}: ${r.body}`);
+        assert.equal(r.json().error.code, 'INVALID_CURSOR', what);
+        assert.equal(r.json().error.details[0].path, '/cursor', what);
+      }
+      // The same list with another window continues where the cursor points.
+      const wider = await t.request({ method: 'GET', url: `/api/nodes/nearby?lat=-17&lon=180&radiusKm=3000&limit=1000&cursor=${near}` });
+      assert.equal(wider.statusCode, 200, wider.body);
+      const all = (await t.request({ method: 'GET', url: '/api/nodes/nearby?lat=-17&lon=180&radiusKm=3000&limit=1000' })).json().items.map((n: { nodeId: string }) => n.nodeId);
+      assert.deepEqual(wider.json().items.map((n: { nodeId: string }) => n.nodeId), all.slice(2));
+      for (const [url, c] of [['/api/nodes/active', active], ['/api/nodes/by-type/solar', solar], ['/api/nodes/active?type=solar', activeSolar]]) {
+        const r = await t.request({ method: 'GET', url: `${url}${url.includes('?') ? '&' : '?'}cursor=${c}` });
+        assert.equal(r.statusCode, 200, `${url}: ${r.body}`);
+      }
+    });
+
     test('nearby uses the (lat, lon) index for its prefilter', async () => {
       const c = new pg.Client({ connectionString: t.databaseUrl });
       await c.connect();

@@ -435,6 +435,14 @@ describe('historical queries', () => {
     assert.ok(c.headers['x-next-cursor']);
     readings.push({ ts: lo + 1, powerKw: 1 });
     readings.sort((a, b) => a.ts - b.ts);
+    // A cursor belongs to its node (from/to may move): on another node it is a 400.
+    await putNode(t, { nodeId: 'raw-other', telemetryIntervalSeconds: 60 });
+    const other = await get('raw-other', { from: lo, to: hi, interval: 'raw', limit: 3, cursor: String(c.headers['x-next-cursor']) });
+    assert.equal(other.statusCode, 400, other.body);
+    assert.equal(other.json().error.code, 'INVALID_CURSOR');
+    const later = await get(nodeId, { from: lo + 3_600_000, to: hi, interval: 'raw', limit: 3, cursor: String(c.headers['x-next-cursor']) });
+    assert.equal(later.statusCode, 200, later.body);
+    assert.equal(Date.parse(later.json().items[0].timestamp), readings.find((r) => r.ts >= lo + 3_600_000)?.ts);
   });
 
   test('bad inputs: 4xx with the envelope, never 500', async () => {

@@ -262,6 +262,16 @@ describe('transactions', () => {
       assert.ok(Date.parse(a.timestamp) > Date.parse(b.timestamp) || (a.timestamp === b.timestamp && a.sequence > b.sequence));
     }
     assert.equal(allPage.json().nextCursor, null);
+    // A cursor belongs to its node and type; from/to may move between pages.
+    const dispatchCursor = (await t.request({ method: 'GET', url: '/api/transactions/bat-2?type=dispatch&limit=1', key: KEYS.read })).json().nextCursor as string;
+    assert.ok(dispatchCursor);
+    for (const url of [`/api/transactions/bat-2?cursor=${dispatchCursor}`, `/api/transactions/bat-2?type=bid&cursor=${dispatchCursor}`, `/api/transactions?nodeId=bat-1&type=dispatch&cursor=${dispatchCursor}`, '/api/transactions/bat-2?cursor=']) {
+      const r = await t.request({ method: 'GET', url, key: KEYS.read });
+      assert.equal(r.statusCode, 400, `${url}: ${r.body}`);
+      assert.equal(r.json().error.code, 'INVALID_CURSOR');
+    }
+    const moved = await t.request({ method: 'GET', url: `/api/transactions?nodeId=bat-2&type=dispatch&from=${from}&cursor=${dispatchCursor}`, key: KEYS.read });
+    assert.equal(moved.statusCode, 200, moved.body);
 
     const unknown = await t.request({ method: 'GET', url: '/api/transactions/nobody-here' });
     assert.equal(unknown.statusCode, 404);

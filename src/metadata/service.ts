@@ -2,9 +2,9 @@ import { isDeepStrictEqual } from 'node:util';
 import type { Logger } from 'pino';
 import type { ValidateFunction } from 'ajv';
 import { withTransaction, type Db } from '../db/pool.js';
-import { badRequest, conflict, notFound, preconditionFailed, type AppError, type ErrorDetail } from '../http/errors.js';
+import { badRequest, conflict, notFound, preconditionFailed, type ErrorDetail } from '../http/errors.js';
 import { bodyAjv, toDetails } from '../http/validation.js';
-import { decodeCursor, page } from '../http/cursor.js';
+import { cursorScope, decodeCursor, invalidCursor, page } from '../http/cursor.js';
 import { isoUtc } from '../http/time.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { NodeRegistry } from './registry.js';
@@ -165,15 +165,16 @@ export class MetadataService {
   /** A node's versions, newest first (`desc`, the default) or oldest first. 404 for an unknown node. */
   async history(nodeId: string, opts: { order?: 'asc' | 'desc'; limit: number; cursor?: string }): Promise<Page<HistoryEntryView>> {
     const order = opts.order ?? 'desc';
-    const after = decodeCursor(opts.cursor, 1);
-    if (after && typeof after[0] !== 'number') throw badCursor();
+    const scope = cursorScope('history', nodeId, order);
+    const after = decodeCursor(opts.cursor, 1, scope);
+    if (after && typeof after[0] !== 'number') throw invalidCursor();
     const rows = await this.deps.metrics.timeStore('metadata', 'history', async () => {
       const q = this.deps.db.readPool;
       const list = await store.selectHistory(q, nodeId, { order, afterVersion: after?.[0] as number | undefined, limit: opts.limit });
       if (list.length === 0 && !(await store.nodeExists(q, nodeId))) throw notFound(`node "${nodeId}" not found`, 'NODE_NOT_FOUND');
       return list;
     });
-    const p = page(rows, opts.limit, (r) => [r.version]);
+    const p = page(rows, opts.limit, scope, (r) => [r.version]);
     return {
       nextCursor: p.nextCursor,
       items: p.items.map((r) => ({
@@ -198,12 +199,13 @@ export class MetadataService {
   }
 
   private async list(action: string, opts: { type?: string; status?: string; limit: number; cursor?: string }): Promise<Page<NodeView>> {
-    const after = decodeCursor(opts.cursor, 1);
-    if (after && typeof after[0] !== 'string') throw badCursor();
+    const scope = cursorScope('nodes', action, opts.type, opts.status);
+    const after = decodeCursor(opts.cursor, 1, scope);
+    if (after && typeof after[0] !== 'string') throw invalidCursor();
     const rows = await this.deps.metrics.timeStore('metadata', action, () =>
       store.selectNodes(this.deps.db.readPool, { type: opts.type, status: opts.status, afterNodeId: after?.[0] as string | undefined, limit: opts.limit }),
     );
-    const p = page(rows, opts.limit, (r) => [r.doc.nodeId]);
+    const p = page(rows, opts.limit, scope, (r) => [r.doc.nodeId]);
     return { items: p.items.map(toView), nextCursor: p.nextCursor };
   }
 
@@ -212,8 +214,10 @@ export class MetadataService {
    * nodeId), each with `distanceKm`. Nodes without a location never match.
    */
   async nearby(opts: { lat: number; lon: number; radiusKm: number; type?: string; limit: number; cursor?: string }): Promise<Page<NearbyNodeView>> {
-    const after = decodeCursor(opts.cursor, 2);
-    if (after && (typeof after[0] !== 'number' || typeof after[1] !== 'string')) throw badCursor();
+    // The cursor belongs to the point of origin and type (its distances are from that point); radiusKm may change between pages.
+    const scope = cursorScope('nearby', opts.lat, opts.lon, opts.type);
+    const after = decodeCursor(opts.cursor, 2, scope);
+    if (after && (typeof after[0] !== 'number' || typeof after[1] !== 'string')) throw invalidCursor();
     const box = boundingBox(opts.lat, opts.lon, opts.radiusKm);
     const rows = await this.deps.metrics.timeStore('metadata', 'nearby', () =>
       store.selectNearby(this.deps.db.readPool, {
@@ -226,7 +230,7 @@ export class MetadataService {
         limit: opts.limit,
       }),
     );
-    const p = page(rows, opts.limit, (r) => [r.distanceKm, r.doc.nodeId]);
+    const p = page(rows, opts.limit, scope, (r) => [r.distanceKm, r.doc.nodeId]);
     return { items: p.items.map((r) => ({ ...toView(r), distanceKm: r.distanceKm })), nextCursor: p.nextCursor };
   }
 
@@ -238,8 +242,4 @@ export class MetadataService {
       this.deps.logger.warn({ err, nodeId }, 'could not announce a metadata change; registries catch up on their periodic refresh');
     }
   }
-}
-
-function badCursor(): AppError {
-  return badRequest('cursor is not one this service issued', [{ path: '/cursor', message: 'invalid cursor' }], 'INVALID_CURSOR');
 }

@@ -4,7 +4,7 @@
  */
 import type { Db } from '../db/pool.js';
 import { badRequest, notFound, type ErrorDetail } from '../http/errors.js';
-import { decodeCursor, encodeCursor } from '../http/cursor.js';
+import { cursorScope, decodeCursor, encodeCursor, invalidCursor } from '../http/cursor.js';
 import { parseTime } from '../http/time.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { NodeRegistry } from '../metadata/registry.js';
@@ -187,11 +187,11 @@ export class TelemetryQueryService {
 
   private async raw(input: HistoricalInput, nodeId: string, from: number, to: number, fields: NumericField[] | undefined, format: 'json' | 'csv', fmt: (ms: number) => string, tz: string): Promise<HistoricalAnswer> {
     const limit = input.limit ?? 100;
-    const cursor = decodeCursor(input.cursor, 1);
-    if (cursor && (typeof cursor[0] !== 'number' || !Number.isFinite(cursor[0]))) {
-      throw badRequest('cursor is not one this service issued', [{ path: '/cursor', message: 'invalid cursor' }], 'INVALID_CURSOR');
-    }
-    // Clamped to the range: a cursor past `to` (issued for another range, or forged) gives an empty page.
+    // The cursor belongs to the node; from/to may move between pages.
+    const scope = cursorScope('raw', nodeId);
+    const cursor = decodeCursor(input.cursor, 1, scope);
+    if (cursor && typeof cursor[0] !== 'number') throw invalidCursor();
+    // Clamped to the range: a cursor past `to` (issued for another range) gives an empty page.
     const after = cursor ? Math.min(to, Math.max(from, (cursor[0] as number) + 1)) : from;
     const numeric = fields ?? NUMERIC_FIELDS;
     const cols = numeric.map((f) => f.column).join(', ');
@@ -205,7 +205,7 @@ export class TelemetryQueryService {
       }),
     );
     const page = (rows as unknown[][]).slice(0, limit);
-    const nextCursor = rows.length > limit ? encodeCursor([page[page.length - 1][0] as number]) : null;
+    const nextCursor = rows.length > limit ? encodeCursor(scope, [page[page.length - 1][0] as number]) : null;
     const names = [...numeric.map((f) => f.name), ...(full ? ['healthStatus', 'quality', 'extra'] : [])];
     if (format === 'csv') {
       const lines = [['timestamp', ...names.filter((n) => n !== 'extra')].join(',')];

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type, type Static, type TSchema } from 'typebox';
-import { decodeCursor, page } from '../http/cursor.js';
-import { badRequest, notFound } from '../http/errors.js';
+import { cursorScope, decodeCursor, invalidCursor, page } from '../http/cursor.js';
+import { notFound } from '../http/errors.js';
 import { Cursor, Limit, NodeId, StringEnum, TimeInput, TimeQuery, bodyErrorResponses, errorResponses } from '../http/schemas.js';
 import { requireTime } from '../http/time.js';
 import { TRANSACTION_STATUSES, TRANSACTION_TYPES, type TransactionRecord, type TransactionType } from './canonical.js';
@@ -170,9 +170,9 @@ export function transactionsRoutes(service: TransactionsService): FastifyPluginA
       },
       async (req) => {
         const limit = req.query.limit ?? 100;
-        const after = decodeCursor(req.query.cursor, 1);
+        const after = decodeCursor(req.query.cursor, 1, 'anchors');
         const rows = await service.listAnchors(limit, after ? cursorNumber(after[0]) : undefined);
-        return page(rows, limit, (a) => [a.fromSequence]);
+        return page(rows, limit, 'anchors', (a) => [a.fromSequence]);
       },
     );
 
@@ -250,9 +250,11 @@ export function transactionsRoutes(service: TransactionsService): FastifyPluginA
       const limit = q.limit ?? 100;
       const from = q.from === undefined ? undefined : requireTime(q.from, '/from');
       const to = q.to === undefined ? undefined : requireTime(q.to, '/to');
-      const c = decodeCursor(q.cursor, 2);
+      // The cursor belongs to the node and type; from/to may move between pages.
+      const scope = cursorScope('transactions', nodeId, q.type);
+      const c = decodeCursor(q.cursor, 2, scope);
       const rows = await service.list({ nodeId, type: q.type, from, to, limit, after: c ? [cursorNumber(c[0]), cursorNumber(c[1])] : undefined });
-      return page(rows, limit, (r: TransactionRecord) => [Date.parse(r.timestamp), r.sequence]);
+      return page(rows, limit, scope, (r: TransactionRecord) => [Date.parse(r.timestamp), r.sequence]);
     };
 
     app.get(
@@ -282,7 +284,7 @@ export function transactionsRoutes(service: TransactionsService): FastifyPluginA
 
 function cursorNumber(v: string | number): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v)) {
-    throw badRequest('cursor is not one this service issued', [{ path: '/cursor', message: 'invalid cursor' }], 'INVALID_CURSOR');
+    throw invalidCursor();
   }
   return v;
 }
