@@ -466,6 +466,8 @@ describe('historical queries', () => {
       [{ ...ok, fill: 'zero' }, 400, '/fill'],
       [{ ...ok, maxGap: -5 }, 400, '/maxGap'],
       [{ ...ok, maxGap: 'long' }, 400, '/maxGap'],
+      [{ ...ok, maxGap: '0x10' }, 400, '/maxGap'],
+      [{ ...ok, interval: 'raw', limit: ' 5' }, 400, '/limit'],
       [{ ...ok, format: 'xml' }, 400, '/format'],
       [{ ...ok, interval: 'raw', limit: 0 }, 400, '/limit'],
       [{ ...ok, interval: 'raw', limit: 1001 }, 400, '/limit'],

@@ -276,7 +276,7 @@ describe('transactions', () => {
     const unknown = await t.request({ method: 'GET', url: '/api/transactions/nobody-here' });
     assert.equal(unknown.statusCode, 404);
     assert.equal(unknown.json().error.code, 'NODE_NOT_FOUND');
-    for (const url of ['/api/transactions/bat-2?cursor=abc', '/api/transactions/bat-2?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z', '/api/transactions/bat-2?from=nope', '/api/transactions/bat-2?type=refund', '/api/transactions/bat-2?limit=0', '/api/transactions/bat-2?limit=1001', '/api/transactions/bat-2?color=red', '/api/transactions']) {
+    for (const url of ['/api/transactions/bat-2?cursor=abc', '/api/transactions/bat-2?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z', '/api/transactions/bat-2?from=nope', '/api/transactions/bat-2?type=refund', '/api/transactions/bat-2?limit=0', '/api/transactions/bat-2?limit=1001', '/api/transactions/bat-2?limit=0x10', '/api/transactions/bat-2?limit=1e1000', '/api/transactions/bat-2?color=red', '/api/transactions']) {
       const r = await t.request({ method: 'GET', url });
       assert.equal(r.statusCode, 400, `${url}: ${r.body}`);
       assert.ok(Array.isArray(r.json().error.details));

@@ -24,9 +24,56 @@ export const bodyAjv = makeAjv(false);
 export const textAjv = makeAjv(true);
 
 export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, httpPart }) => {
-  const ajv = httpPart === 'body' ? bodyAjv : textAjv;
-  return ajv.compile(schema as object) as ValidateFunction;
+  if (httpPart === 'body') return bodyAjv.compile(schema as object) as ValidateFunction;
+  return strictNumbers(schema, textAjv.compile(schema as object) as ValidateFunction);
 };
+
+/**
+ * Decimal notation only, as the contract writes numbers: Ajv's coercion reads text as JavaScript's
+ * Number() does, which also takes hex (0x10), binary (0b1), octal (0o7), surrounding whitespace
+ * and "Infinity".
+ */
+const DECIMAL = /^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$/;
+
+/** Top-level properties of an object schema that take numbers (number or integer, also inside anyOf/oneOf). */
+function numericProperties(schema: unknown): string[] {
+  const props = (schema as { properties?: Record<string, unknown> } | undefined)?.properties;
+  if (!props) return [];
+  const numeric = (s: unknown): boolean => {
+    const o = s as { type?: unknown; anyOf?: unknown[]; oneOf?: unknown[] } | undefined;
+    if (!o) return false;
+    const types = Array.isArray(o.type) ? o.type : [o.type];
+    return types.includes('number') || types.includes('integer') || [...(o.anyOf ?? []), ...(o.oneOf ?? [])].some(numeric);
+  };
+  return Object.keys(props).filter((k) => numeric(props[k]));
+}
+
+/** `validate` for text parts (query, params, headers), refusing numbers not written in decimal before Ajv coerces them. */
+function strictNumbers(schema: unknown, validate: ValidateFunction): ValidateFunction {
+  const keys = numericProperties(schema);
+  if (keys.length === 0) return validate;
+  const wrapped = ((data: unknown) => {
+    const o = data as Record<string, unknown> | null;
+    if (o && typeof o === 'object') {
+      const errors: AjvLikeError[] = [];
+      for (const k of keys) {
+        const v = o[k];
+        const texts = Array.isArray(v) ? v : [v];
+        if (texts.some((x) => typeof x === 'string' && !DECIMAL.test(x))) {
+          errors.push({ instancePath: `/${k}`, keyword: 'type', message: 'must be a number in decimal notation', params: {} });
+        }
+      }
+      if (errors.length) {
+        wrapped.errors = errors as ValidateFunction['errors'];
+        return false;
+      }
+    }
+    const ok = validate(data);
+    wrapped.errors = validate.errors;
+    return ok;
+  }) as ValidateFunction;
+  return wrapped;
+}
 
 interface AjvLikeError {
   instancePath: string;
