@@ -463,6 +463,8 @@ describe('historical queries', () => {
       [{ ...ok, agg: 'median' }, 400, '/agg'],
       [{ ...ok, agg: 'avg,,max' }, 400, '/agg'],
       [{ ...ok, tz: 'Mars/Olympus' }, 400, '/tz'],
+      [{ ...ok, tz: 'america/new_york' }, 400, '/tz'],
+      [{ ...ok, tz: 'utc' }, 400, '/tz'],
       [{ ...ok, fill: 'zero' }, 400, '/fill'],
       [{ ...ok, maxGap: -5 }, 400, '/maxGap'],
       [{ ...ok, maxGap: 'long' }, 400, '/maxGap'],

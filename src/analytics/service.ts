@@ -5,6 +5,7 @@
  * money and dispatch counts from settlement and dispatch chains (store.ts).
  */
 import type { Db } from '../db/pool.js';
+import { timezoneCatalog } from '../db/timezones.js';
 import { badRequest, notFound, type ErrorDetail } from '../http/errors.js';
 import { isoUtc, parseTime } from '../http/time.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -219,7 +220,7 @@ export class AnalyticsService {
 
   async daily(input: { nodeId: string; from: string; to: string; tz?: string }): Promise<DailyAnswer> {
     const node = await this.node(input.nodeId);
-    const tz = this.zone(input.tz, node);
+    const tz = await this.zone(input.tz, node);
     this.dateRange(input.from, input.to);
     const periods = localDays(tz, input.from, input.to);
     // Every date asked for was skipped in this zone (e.g. Pacific/Apia's 2011-12-30): no days.
@@ -233,7 +234,7 @@ export class AnalyticsService {
 
   async monthly(input: { nodeId: string; from: string; to: string; tz?: string }): Promise<MonthlyAnswer> {
     const node = await this.node(input.nodeId);
-    const tz = this.zone(input.tz, node);
+    const tz = await this.zone(input.tz, node);
     const a = parseMonthLabel(input.from);
     const b = parseMonthLabel(input.to);
     const problems: ErrorDetail[] = [];
@@ -340,7 +341,7 @@ export class AnalyticsService {
   async benchmarks(input: { nodeId: string; from: string; to: string; tz?: string }): Promise<BenchmarksAnswer> {
     const node = await this.node(input.nodeId);
     // With `tz`, every peer is measured over the same dates in that zone; else each in its own.
-    const tz = input.tz === undefined ? undefined : this.zone(input.tz, node);
+    const tz = input.tz === undefined ? undefined : await this.zone(input.tz, node);
     const [a, b] = this.dateRange(input.from, input.to);
     const ownZone = tz ?? node.timezone;
     if (!(localDayStart(ownZone, b.y, b.m, b.d + 1) > localDayStart(ownZone, a.y, a.m, a.d))) {
@@ -473,9 +474,12 @@ export class AnalyticsService {
     return { nodeId: info.nodeId, type: info.type, capacityKw: info.capacityKw, timezone: info.timezone, telemetryIntervalSeconds: info.telemetryIntervalSeconds };
   }
 
-  private zone(tz: string | undefined, node: NodeFacts): string {
+  /** `tz` if given (an IANA name spelt exactly, as a node's timezone must be), else the node's own. */
+  private async zone(tz: string | undefined, node: NodeFacts): Promise<string> {
     const zone = tz ?? node.timezone;
-    if (!isValidTimeZone(zone)) throw badRequest(`unknown time zone "${zone}"`, [{ path: '/tz', message: 'must be an IANA time zone' }], 'INVALID_TIMEZONE');
+    if (!isValidTimeZone(zone) || (tz !== undefined && !(await timezoneCatalog(this.deps.db.readPool).isKnown(tz)))) {
+      throw badRequest(`unknown time zone "${zone}" (names are spelt exactly, as in America/New_York)`, [{ path: '/tz', message: 'must be an IANA time zone' }], 'INVALID_TIMEZONE');
+    }
     return zone;
   }
 

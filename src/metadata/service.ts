@@ -12,7 +12,7 @@ import { boundingBox } from './geo.js';
 import { applyMergePatch, isJsonObject } from './merge-patch.js';
 import { NodeInput, TECHNICAL_MAX_BYTES, type HistoryEntryView, type NearbyNodeView, type NodeDoc, type NodeView } from './schemas.js';
 import * as store from './store.js';
-import { TimezoneCatalog } from './timezones.js';
+import { timezoneCatalog, type TimezoneCatalog } from '../db/timezones.js';
 import { nulPath } from '../http/json-depth.js';
 
 /** A page of a list endpoint. */
@@ -69,7 +69,7 @@ export class MetadataService {
 
   constructor(private readonly deps: MetadataDeps) {
     this.validateNode = bodyAjv.compile(NodeInput as object);
-    this.timezones = new TimezoneCatalog(deps.db.readPool);
+    this.timezones = timezoneCatalog(deps.db.readPool);
   }
 
   /**

@@ -3,6 +3,7 @@
  * `GET /api/telemetry/:nodeId/historical`. Aggregation itself is `aggregatePeriods`.
  */
 import type { Db } from '../db/pool.js';
+import { timezoneCatalog } from '../db/timezones.js';
 import { badRequest, notFound, type ErrorDetail } from '../http/errors.js';
 import { cursorScope, decodeCursor, encodeCursor, invalidCursor } from '../http/cursor.js';
 import { parseTime } from '../http/time.js';
@@ -117,7 +118,9 @@ export class TelemetryQueryService {
     const aggs = parseList(input.agg, '/agg', (s) => (AGGS as readonly string[]).includes(s) ? (s as Agg) : undefined, 'agg') ?? [...DEFAULT_AGGS];
     const tzGiven = input.tz !== undefined;
     const tz = input.tz ?? 'UTC';
-    if (!isValidTimeZone(tz)) throw badRequest(`tz "${tz}" is not an IANA time zone`, [{ path: '/tz', message: 'unknown time zone' }], 'INVALID_TIMEZONE');
+    if (!isValidTimeZone(tz) || (tzGiven && !(await timezoneCatalog(this.deps.db.readPool).isKnown(tz)))) {
+      throw badRequest(`tz "${tz}" is not an IANA time zone (names are spelt exactly, as in America/New_York)`, [{ path: '/tz', message: 'unknown time zone' }], 'INVALID_TIMEZONE');
+    }
     const format: 'json' | 'csv' = input.format ?? negotiate(input.accept, HISTORICAL_FORMATS, 'json');
     const interval = input.interval ?? defaultInterval(to - from);
     const node = await this.node(input.nodeId);

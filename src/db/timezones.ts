@@ -1,9 +1,10 @@
-import type { Queryable } from '../db/pool.js';
+import type { Queryable } from './pool.js';
 
 /**
- * Time zones usable for a node: names PostgreSQL knows (`pg_timezone_names`, read once per
- * instance and cached) that Node's Intl also accepts. Analytics compute local days in both
- * places, so a zone only one of them knows would fail later, far from the write that stored it.
+ * Time zones the service takes, for a node's `timezone` and for a query's `tz`: names PostgreSQL
+ * knows (`pg_timezone_names`, read once per instance and cached), spelt exactly, that Node's Intl
+ * also accepts. Analytics compute local days in both places, so a zone only one of them knows
+ * would fail later, far from the write that stored it.
  */
 export class TimezoneCatalog {
   private names?: Promise<Set<string>>;
@@ -41,4 +42,16 @@ export class TimezoneCatalog {
     }
     return this.names;
   }
+}
+
+const catalogs = new WeakMap<Queryable, TimezoneCatalog>();
+
+/** The catalog of a pool (one per pool, so the names are read once per instance). */
+export function timezoneCatalog(db: Queryable): TimezoneCatalog {
+  let c = catalogs.get(db);
+  if (!c) {
+    c = new TimezoneCatalog(db);
+    catalogs.set(db, c);
+  }
+  return c;
 }
