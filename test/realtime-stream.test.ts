@@ -5,6 +5,7 @@ import { backends, createTestApp, KEYS, type TestApp } from './support/app.js';
 import type { RealtimeDomain } from '../src/realtime/index.js';
 import { compareEventIds } from '../src/realtime/event-log.js';
 import { DEFAULT_STREAM_LIMITS, TELEMETRY_LATEST_CHANNEL } from '../src/realtime/stream.js';
+import { PORTFOLIO_CACHE_KEY } from '../src/realtime/portfolio.js';
 import { ausgridRows, insertNodes, listen, openSse, sleep, type FleetNode, type SseClient, type SseEvent } from './realtime-support.js';
 
 function realtimeOf(t: TestApp): RealtimeDomain {
@@ -222,6 +223,19 @@ for (const backend of backends()) {
       } finally {
         rt.hub.setLimits({ heartbeatMs: DEFAULT_STREAM_LIMITS.heartbeatMs, portfolioIntervalMs: DEFAULT_STREAM_LIMITS.portfolioIntervalMs });
       }
+    });
+
+    test('a portfolio event is at most 1 s old when sent, even while the cache holds an older snapshot', async () => {
+      // A snapshot 4 s old, still within the cache's 5 s: GET /api/realtime/portfolio may serve it, an event may not.
+      const stale = { ...(await rt.portfolio.refresh()), nodes: 999, asOf: new Date(Date.now() - 4000).toISOString() };
+      await t.container.cache.set(PORTFOLIO_CACHE_KEY, JSON.stringify(stale), 5);
+      assert.equal((await rt.portfolio.get()).nodes, 999, 'the cache serves its snapshot to plain reads');
+      const c = await sse('?events=portfolio');
+      await c.waitFor((ev) => ev.some((e) => e.event === 'portfolio'), 3000, 'first portfolio event');
+      const received = Date.now();
+      const p = JSON.parse(c.events.find((e) => e.event === 'portfolio')!.data);
+      assert.equal(p.nodes, NODES.length, 'not the old snapshot');
+      assert.ok(received - Date.parse(p.asOf) <= 1500, `asOf ${p.asOf} is ${received - Date.parse(p.asOf)} ms old`);
     });
 
     test('sse_clients counts connected clients and drops them on disconnect', async () => {

@@ -3,7 +3,7 @@ import type { KeyRing } from '../http/auth.js';
 import type { EventLog } from './event-log.js';
 import { MemoryEventLog } from './event-log-memory.js';
 import { RedisEventLog } from './event-log-redis.js';
-import { PortfolioService } from './portfolio.js';
+import { PORTFOLIO_EVENT_MAX_AGE_MS, PortfolioService } from './portfolio.js';
 import { realtimeRoutes } from './routes.js';
 import { StreamHub, type StreamLimits } from './stream.js';
 
@@ -24,7 +24,7 @@ export function createRealtimeDomain(infra: Infra, deps: { keyRing: KeyRing; lim
   const portfolio = new PortfolioService(infra.db.readPool, infra.cache, infra.metrics);
   const log: EventLog = infra.redis ? new RedisEventLog(infra.redis, infra.keyPrefix) : new MemoryEventLog();
   const hub = new StreamHub(
-    { pubsub: infra.pubsub, log, nodes: infra.nodes, metrics: infra.metrics, logger: infra.logger, portfolio: () => portfolio.get() },
+    { pubsub: infra.pubsub, log, nodes: infra.nodes, metrics: infra.metrics, logger: infra.logger, portfolio: () => portfolio.get(PORTFOLIO_EVENT_MAX_AGE_MS) },
     deps.limits,
   );
   return {

@@ -237,6 +237,8 @@ export async function loadPortfolioRows(db: Queryable): Promise<PortfolioRow[]> 
 export const PORTFOLIO_CACHE_KEY = 'realtime:portfolio';
 /** Longest time a computed portfolio is served, seconds. */
 export const PORTFOLIO_MAX_AGE_SECONDS = 5;
+/** Largest age of a `portfolio` event's figures when it is sent (another instance's may be reused within it). */
+export const PORTFOLIO_EVENT_MAX_AGE_MS = 1_000;
 
 /**
  * Serves the real-time portfolio from the shared cache, recomputing at most every 5 s per
@@ -251,12 +253,17 @@ export class PortfolioService {
     private readonly metrics: Metrics,
   ) {}
 
-  async get(): Promise<Portfolio> {
+  /**
+   * The cached portfolio if it is at most `maxAgeMs` old (default: the cache's 5 s), else a new
+   * one. The event stream asks for a fresher one than the cache keeps: its events come every 5 s,
+   * and a tick that met an entry about to expire would resend the previous tick's figures.
+   */
+  async get(maxAgeMs = PORTFOLIO_MAX_AGE_SECONDS * 1000): Promise<Portfolio> {
     const cached = await this.cache.get(PORTFOLIO_CACHE_KEY);
     if (cached) {
       const p = JSON.parse(cached) as Portfolio;
       // The TTL bounds the age already; the check also guards against clock skew between instances.
-      if (Date.now() - Date.parse(p.asOf) <= PORTFOLIO_MAX_AGE_SECONDS * 1000) {
+      if (Date.now() - Date.parse(p.asOf) <= Math.min(maxAgeMs, PORTFOLIO_MAX_AGE_SECONDS * 1000)) {
         this.metrics.cacheRequests.inc({ cache: 'realtime_portfolio', result: 'hit' });
         return p;
       }
