@@ -70,6 +70,12 @@ describe('transactions retention', () => {
     // A range reaching into the pruned part starts at the checkpoint.
     const v1 = await verify('?fromSequence=1&toSequence=10');
     assert.deepEqual([v1.ok, v1.checked, v1.fromSequence], [true, 2, 9]);
+    // A range wholly inside the pruned part cannot be verified: 400, not "ok" over no records.
+    const pruned = await t.request({ method: 'GET', url: '/api/transactions/verify?fromSequence=1&toSequence=5' });
+    assert.equal(pruned.statusCode, 400, pruned.body);
+    assert.equal(pruned.json().error.code, 'INVALID_RANGE');
+    assert.equal(pruned.json().error.details[0].path, '/toSequence');
+    assert.match(pruned.json().error.message, /pruned/);
 
     // Pruned records' proofs are gone; their anchor remains; retained records' proofs still work.
     const gone = await t.request({ method: 'GET', url: `/api/transactions/${recs[3].id}/proof` });

@@ -312,6 +312,21 @@ describe('transactions', () => {
     for (const url of ['/api/transactions/verify?fromSequence=9&toSequence=5', '/api/transactions/verify?fromSequence=0', '/api/transactions/verify?fromSequence=x']) {
       assert.equal((await t.request({ method: 'GET', url })).statusCode, 400, url);
     }
+    // A range with no record in the log is not "ok" over nothing; sequences past 2^53 - 1 or not in digits are refused.
+    const head = recs[recs.length - 1].sequence;
+    for (const [url, path] of [
+      [`/api/transactions/verify?fromSequence=${head + 1}`, '/fromSequence'],
+      ['/api/transactions/verify?fromSequence=99999999&toSequence=999999999', '/fromSequence'],
+      ['/api/transactions/verify?fromSequence=9007199254740993', '/fromSequence'],
+      ['/api/transactions/verify?toSequence=99999999999999999999', '/toSequence'],
+      ['/api/transactions/verify?fromSequence=1e1', '/fromSequence'],
+    ]) {
+      const r = await t.request({ method: 'GET', url });
+      assert.equal(r.statusCode, 400, `${url}: ${r.body}`);
+      assert.equal(r.json().error.details[0].path, path, url);
+    }
+    const capped = (await t.request({ method: 'GET', url: `/api/transactions/verify?fromSequence=${head}&toSequence=${head + 100}` })).json();
+    assert.deepEqual([capped.ok, capped.checked, capped.toSequence], [true, 1, head]);
 
     // The database refuses changes...
     await assert.rejects(sql(t.databaseUrl, 'UPDATE transactions SET amount_eur = 1 WHERE sequence = 7'), /append-only/);
@@ -481,6 +496,8 @@ describe('transactions', () => {
     assert.equal(v.ok, false);
     assert.equal(v.firstBrokenSequence, first.fromSequence);
     assert.match(v.reason, /Merkle root/);
+    // Intact before it: the records ahead of the anchor's first sequence.
+    assert.equal(v.checked, first.fromSequence - 1);
   });
 });
 

@@ -31,21 +31,27 @@ export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, http
 /**
  * Decimal notation only, as the contract writes numbers: Ajv's coercion reads text as JavaScript's
  * Number() does, which also takes hex (0x10), binary (0b1), octal (0o7), surrounding whitespace
- * and "Infinity".
+ * and "Infinity". Integers are plain digits (no 1e3, no 5.0).
  */
 const DECIMAL = /^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$/;
+const DIGITS = /^[+-]?\d+$/;
 
-/** Top-level properties of an object schema that take numbers (number or integer, also inside anyOf/oneOf). */
-function numericProperties(schema: unknown): string[] {
+/** Top-level properties of an object schema that take numbers (number or integer, also inside anyOf/oneOf), with the notation each accepts. */
+function numericProperties(schema: unknown): [string, RegExp][] {
   const props = (schema as { properties?: Record<string, unknown> } | undefined)?.properties;
   if (!props) return [];
-  const numeric = (s: unknown): boolean => {
+  const kinds = (s: unknown): string[] => {
     const o = s as { type?: unknown; anyOf?: unknown[]; oneOf?: unknown[] } | undefined;
-    if (!o) return false;
-    const types = Array.isArray(o.type) ? o.type : [o.type];
-    return types.includes('number') || types.includes('integer') || [...(o.anyOf ?? []), ...(o.oneOf ?? [])].some(numeric);
+    if (!o) return [];
+    const types = (Array.isArray(o.type) ? o.type : [o.type]).filter((x): x is string => x === 'number' || x === 'integer');
+    return [...types, ...[...(o.anyOf ?? []), ...(o.oneOf ?? [])].flatMap(kinds)];
   };
-  return Object.keys(props).filter((k) => numeric(props[k]));
+  const out: [string, RegExp][] = [];
+  for (const k of Object.keys(props)) {
+    const ks = kinds(props[k]);
+    if (ks.length) out.push([k, ks.includes('number') ? DECIMAL : DIGITS]);
+  }
+  return out;
 }
 
 /** `validate` for text parts (query, params, headers), refusing numbers not written in decimal before Ajv coerces them. */
@@ -56,11 +62,12 @@ function strictNumbers(schema: unknown, validate: ValidateFunction): ValidateFun
     const o = data as Record<string, unknown> | null;
     if (o && typeof o === 'object') {
       const errors: AjvLikeError[] = [];
-      for (const k of keys) {
+      for (const [k, notation] of keys) {
         const v = o[k];
         const texts = Array.isArray(v) ? v : [v];
-        if (texts.some((x) => typeof x === 'string' && !DECIMAL.test(x))) {
-          errors.push({ instancePath: `/${k}`, keyword: 'type', message: 'must be a number in decimal notation', params: {} });
+        if (texts.some((x) => typeof x === 'string' && !notation.test(x))) {
+          const message = notation === DIGITS ? 'must be an integer in decimal digits' : 'must be a number in decimal notation';
+          errors.push({ instancePath: `/${k}`, keyword: 'type', message, params: {} });
         }
       }
       if (errors.length) {

@@ -148,7 +148,7 @@ export function transactionsRoutes(service: TransactionsService): FastifyPluginA
           tags,
           summary: 'recompute the hash chain over a sequence range',
           querystring: Type.Object(
-            { fromSequence: Type.Optional(Type.Integer({ minimum: 1 })), toSequence: Type.Optional(Type.Integer({ minimum: 1 })) },
+            { fromSequence: Type.Optional(Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER })), toSequence: Type.Optional(Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER })) },
             { additionalProperties: false },
           ),
           response: { 200: VerifyResponse, ...errorResponses },

@@ -340,7 +340,15 @@ export class TransactionsService {
       const from = Math.max(opts.fromSequence ?? firstRetained, firstRetained);
       const to = Math.min(opts.toSequence ?? head.lastSequence, head.lastSequence);
       const base: VerifyResult = { ok: true, checked: 0, fromSequence: from, toSequence: to, anchorsChecked: 0 };
-      if (from > to) return base;
+      if (from > to) {
+        // Nothing of the range asked for is in the log: say so, rather than "ok" over no records.
+        // (With no bounds given, an empty log is simply intact.)
+        if (opts.fromSequence === undefined && opts.toSequence === undefined) return base;
+        const held = firstRetained <= head.lastSequence ? `${firstRetained}–${head.lastSequence}` : 'none';
+        const path = opts.toSequence !== undefined && opts.toSequence < firstRetained ? '/toSequence' : '/fromSequence';
+        const why = path === '/toSequence' ? `records up to ${firstRetained - 1} were pruned by retention` : `the log ends at ${head.lastSequence}`;
+        throw badRequest(`no record of the range is in the log (${why}; sequences held: ${held})`, [{ path, message: why }], 'INVALID_RANGE');
+      }
 
       let expectedPrev: string;
       if (from === 1) expectedPrev = GENESIS_HASH;
@@ -382,7 +390,11 @@ export class TransactionsService {
           if (anchor && r.sequence === anchor.fromSequence) acc = new MerkleAccumulator();
           if (acc) acc.addRecordHash(r.hash);
           if (anchor && acc && r.sequence === anchor.toSequence) {
-            if (acc.root() !== anchor.merkleRoot) return broken(anchor.fromSequence, `Merkle root of anchor ${anchor.anchorId} (sequences ${anchor.fromSequence}–${anchor.toSequence}) does not match the records`);
+            // Intact before it: the records ahead of the anchor's first (the tree cannot say which leaf).
+            if (acc.root() !== anchor.merkleRoot) {
+              const reason = `Merkle root of anchor ${anchor.anchorId} (sequences ${anchor.fromSequence}–${anchor.toSequence}) does not match the records`;
+              return { ...broken(anchor.fromSequence, reason), checked: anchor.fromSequence - from };
+            }
             acc = undefined;
             ai++;
             base.anchorsChecked++;
