@@ -42,6 +42,16 @@ describe('reading validation fast path', () => {
     assert.equal(row.ts, Date.UTC(2026, 10, 27, 10, 15, 0, 123));
   });
 
+  test('epoch milliseconds in a body are a JSON number: digits in a string are not a time', () => {
+    const v = new ReadingValidator({ node: () => ({ capacityKw: 100, telemetryIntervalSeconds: 60 }) as never, acceptUnknownNodes: false, retentionDays: 30 });
+    const now = Date.UTC(2026, 10, 27, 12, 0, 0);
+    assert.equal((v.checkBatchReading({ nodeId: 'n-1', timestamp: now - 60_000, powerKw: 1 }, 0, now) as IngestRow).ts, now - 60_000);
+    for (const text of [String(now - 60_000), '002026']) {
+      const r = v.checkBatchReading({ nodeId: 'n-1', timestamp: text, powerKw: 1 }, 3, now) as { rejection?: { errors: { path: string }[] } };
+      assert.deepEqual(r.rejection?.errors.map((e) => e.path), ['/readings/3/timestamp'], text);
+    }
+  });
+
   test('check() (fast path first) gives exactly what the schema path gives, for valid and invalid readings', () => {
     const now = Date.UTC(2026, 10, 27, 12, 0, 0);
     const nodes = new Map([['n-1', { capacityKw: 100, telemetryIntervalSeconds: 60 }]]);
@@ -54,7 +64,7 @@ describe('reading validation fast path', () => {
       const mutations: [string, unknown][] = [
         ['nodeId', 'ghost'], ['nodeId', 'bad id'], ['nodeId', 7], ['nodeId', undefined],
         ['timestamp', now - 120_000], ['timestamp', now + 600_000], ['timestamp', 1.5], ['timestamp', -1], ['timestamp', '2026-02-30T00:00:00Z'],
-        ['timestamp', '2026-11-27T11:00:00+01:00'], ['timestamp', new Date(now - 40 * 86_400_000).toISOString()], ['timestamp', ''], ['timestamp', undefined],
+        ['timestamp', '2026-11-27T11:00:00+01:00'], ['timestamp', new Date(now - 40 * 86_400_000).toISOString()], ['timestamp', ''], ['timestamp', undefined], ['timestamp', String(now - 60_000)],
         ['powerKw', undefined], ['powerKw', '5'], ['powerKw', 111], ['powerKw', -0], ['powerKw', null],
         ['voltageV', 0], ['voltageV', -0.001], ['frequencyHz', 40], ['frequencyHz', 70], ['frequencyHz', 70.0001], ['frequencyHz', 39.9999],
         ['stateOfChargePct', 0], ['stateOfChargePct', 100], ['stateOfChargePct', 100.1], ['temperatureC', -40], ['irradianceWm2', true],

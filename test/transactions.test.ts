@@ -122,6 +122,8 @@ describe('transactions', () => {
       ['timestamp impossible day', tx({ timestamp: '2026-02-31T10:00:00Z' }), '/timestamp'],
       ['timestamp negative', tx({ timestamp: -5 }), '/timestamp'],
       ['timestamp fractional ms', tx({ timestamp: 1.5 }), '/timestamp'],
+      ['timestamp epoch ms as a string', tx({ timestamp: '1795773600000' }), '/timestamp'],
+      ['timestamp digits as a string', tx({ timestamp: '002026' }), '/timestamp'],
       ['number as string', tx({ energyKwh: '250' }), '/energyKwh'],
       ['huge number', tx({ powerKw: 1e300 }), '/powerKw'],
       ['amount inconsistent', tx({ energyKwh: 250, priceEurMwh: 92.1, amountEur: 23.05 }), '/amountEur'],

@@ -26,6 +26,15 @@ export function parseTime(value: unknown): number | undefined {
   return ms;
 }
 
+/**
+ * A time in a JSON body: an RFC 3339 string, or epoch milliseconds as a JSON number. Digits in a
+ * string are a query string's form of epoch ms; in a body, where types are not coerced, they are
+ * not a time ("1795773600000" would otherwise pass, and "002026" be 2.026 s after the epoch).
+ */
+export function parseBodyTime(value: unknown): number | undefined {
+  return typeof value === 'string' && /^\d+$/.test(value) ? undefined : parseTime(value);
+}
+
 /** Like parseTime, but a 400 naming `path` when the value is missing or not a time. */
 export function requireTime(value: unknown, path: string): number {
   const t = parseTime(value);

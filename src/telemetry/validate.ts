@@ -1,7 +1,7 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import type { ErrorDetail } from '../http/errors.js';
 import { NODE_ID_PATTERN } from '../http/schemas.js';
-import { parseTime, TIME_TEXT_MAX } from '../http/time.js';
+import { parseBodyTime, parseTime, TIME_TEXT_MAX } from '../http/time.js';
 import { toDetails } from '../http/validation.js';
 import type { NodeInfo } from '../metadata/registry.js';
 import { MAX_JSON_DEPTH, nestedDeeperThan } from '../http/json-depth.js';
@@ -133,7 +133,7 @@ function twoDigits(s: string, i: number): number {
 /**
  * `YYYY-MM-DDTHH:MM:SSZ` or `YYYY-MM-DDTHH:MM:SS.sssZ` (the forms clients send nearly always) to
  * epoch ms without regular expressions or Date parsing; undefined for any other form or any doubt
- * (the caller then uses parseTime, whose result this equals whenever it answers).
+ * (the caller then uses parseBodyTime, whose result this equals whenever it answers).
  */
 export function parseIsoFast(s: string): number | undefined {
   const n = s.length;
@@ -244,7 +244,7 @@ export class ReadingValidator {
     }
     if (nodeId === undefined || values[0] === null) return undefined;
     let ts: number | undefined;
-    if (typeof timestamp === 'string') ts = timestamp.length > 0 && timestamp.length <= TIME_TEXT_MAX ? parseIsoFast(timestamp) ?? parseTime(timestamp) : undefined;
+    if (typeof timestamp === 'string') ts = timestamp.length > 0 && timestamp.length <= TIME_TEXT_MAX ? parseIsoFast(timestamp) ?? parseBodyTime(timestamp) : undefined;
     else if (typeof timestamp === 'number') ts = parseTime(timestamp);
     if (ts === undefined || ts > now + FUTURE_TOLERANCE_MS || ts < now - this.ctx.retentionDays * 86_400_000) return undefined;
     let extra: string | null = null;
@@ -273,7 +273,7 @@ export class ReadingValidator {
       return fail([{ path: `${prefix}/nodeId`, message: `must match the node in the path (${pathNodeId})` }], 'node_mismatch');
     }
 
-    const ts = parseTime(r.timestamp);
+    const ts = parseBodyTime(r.timestamp);
     if (ts === undefined) return fail([{ path: `${prefix}/timestamp`, message: 'must be an RFC 3339 time with offset or epoch milliseconds' }], 'timestamp');
     if (ts > now + FUTURE_TOLERANCE_MS) return fail([{ path: `${prefix}/timestamp`, message: 'is more than 5 minutes in the future' }], 'future');
     if (ts < now - this.ctx.retentionDays * 86_400_000) {

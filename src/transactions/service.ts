@@ -5,7 +5,7 @@ import type { PubSub } from '../cache/types.js';
 import type { Db, Queryable } from '../db/pool.js';
 import { withTransaction } from '../db/pool.js';
 import { badRequest, conflict, notFound, type AppError, type ErrorDetail } from '../http/errors.js';
-import { parseTime } from '../http/time.js';
+import { parseBodyTime } from '../http/time.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { NodeRegistry } from '../metadata/registry.js';
 import {
@@ -235,7 +235,7 @@ export class TransactionsService {
   /** Strict checks beyond the route schema; every problem is listed. */
   validate(input: AppendInput): NormalisedInput {
     const problems: ErrorDetail[] = [];
-    const ts = parseTime(input.timestamp);
+    const ts = parseBodyTime(input.timestamp);
     if (ts === undefined) problems.push({ path: '/timestamp', message: 'must be an RFC 3339 time with offset or epoch milliseconds' });
     else if (ts < MIN_TIMESTAMP_MS || ts > MAX_TIMESTAMP_MS) problems.push({ path: '/timestamp', message: 'must be between 1970-01-01 and 9999-12-31' });
     for (const f of ['energyKwh', 'powerKw', 'priceEurMwh', 'amountEur'] as const) {
