@@ -156,6 +156,19 @@ describe('transactions', () => {
       assert.equal(r.statusCode, 400, `${raw}: ${r.body}`);
       assert.equal(typeof r.json().error.code, 'string');
     }
+    // Keys the prototype-poisoning guard refuses: a 400 that names them and where, not "not valid JSON".
+    for (const [raw, path] of [
+      ['{"nodeId":"bat-1","type":"bid","timestamp":"2026-11-27T10:00:00Z","status":"pending","details":{"a":{"__proto__":{"x":1}}}}', '/details/a/__proto__'],
+      ['{"nodeId":"bat-1","type":"bid","timestamp":"2026-11-27T10:00:00Z","status":"pending","details":{"constructor":{"prototype":{}}}}', '/details/constructor'],
+    ]) {
+      const r = await t.request({ method: 'POST', url: '/api/transactions', payload: raw, headers: { 'content-type': 'application/json' }, key: KEYS.transactions });
+      assert.equal(r.statusCode, 400, r.body);
+      assert.equal(r.json().error.code, 'VALIDATION_ERROR');
+      assert.deepEqual(r.json().error.details.map((d: { path: string }) => d.path), [path]);
+      assert.match(r.json().error.message, /__proto__/);
+    }
+    const harmless = await t.request({ method: 'POST', url: '/api/transactions', payload: '{"nodeId":"bat-1","type":"bid","timestamp":"2026-11-27T10:00:00Z","status":"pending","details":{"constructor":"x","prototype":1}}', headers: { 'content-type': 'application/json' }, key: KEYS.transactions });
+    assert.equal(harmless.statusCode, 201, harmless.body);
     const count = await sql<{ n: number }>(t.databaseUrl, 'SELECT count(*)::int AS n FROM transactions WHERE node_id = $1', ['ghost-9']);
     assert.equal(count[0].n, 0);
   });

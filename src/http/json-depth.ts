@@ -66,10 +66,53 @@ export function nulPath(value: unknown, base = ''): string | null {
 export const tooDeep = () =>
   badRequest(`request body: nested more than ${MAX_JSON_DEPTH} levels deep`, [{ path: '/', message: `must not nest objects or arrays more than ${MAX_JSON_DEPTH} levels deep` }], 'VALIDATION_ERROR');
 
-/** Wraps a string JSON body parser so that a body nested deeper than MAX_JSON_DEPTH gets a 400. */
+/**
+ * JSON pointer of the first key the prototype-poisoning guard refuses (`__proto__`, or
+ * `constructor` holding `prototype`) in `value`, parsed by plain JSON.parse (which makes them own
+ * properties); null if none. Iterative, as nestedDeeperThan.
+ */
+function forbiddenKeyPath(value: unknown): string | null {
+  const stack: [unknown, string][] = [[value, '']];
+  while (stack.length > 0) {
+    const [v, path] = stack.pop()!;
+    if (v === null || typeof v !== 'object') continue;
+    for (const k of Object.keys(v)) {
+      const child = (v as Record<string, unknown>)[k];
+      const p = `${path}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`;
+      if (k === '__proto__' || (k === 'constructor' && child !== null && typeof child === 'object' && Object.hasOwn(child, 'prototype'))) return p;
+      stack.push([child, p]);
+    }
+  }
+  return null;
+}
+
+/**
+ * Wraps a string JSON body parser so that a body nested deeper than MAX_JSON_DEPTH gets a 400,
+ * and a body the prototype-poisoning guard refuses gets a 400 that says so and where, rather than
+ * "not valid JSON".
+ */
 export function depthLimited(parse: FastifyBodyParser<string>): FastifyBodyParser<string> {
   return (req: FastifyRequest, body: string, done) => {
     parse(req, body, (err, value) => {
+      // Fastify reports the guard's refusal as invalid JSON: a body that plain JSON.parse reads was refused by the guard.
+      if (err && (err as { code?: string }).code === 'FST_ERR_CTP_INVALID_JSON_BODY') {
+        let plain: unknown;
+        let parsed = false;
+        try {
+          plain = JSON.parse(body);
+          parsed = true;
+        } catch {
+          /* not JSON after all: keep the parser's error */
+        }
+        if (parsed) {
+          if (nestedDeeperThan(plain)) return done(tooDeep(), undefined);
+          const path = forbiddenKeyPath(plain);
+          if (path !== null) {
+            const message = 'keys named "__proto__", or "constructor" holding "prototype", are not accepted (telemetry readings excepted)';
+            return done(badRequest(`request body: ${message}`, [{ path, message: 'key not accepted' }], 'VALIDATION_ERROR'), undefined);
+          }
+        }
+      }
       if (err) return done(err, undefined);
       if (nestedDeeperThan(value)) return done(tooDeep(), undefined);
       done(null, value);
