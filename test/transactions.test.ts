@@ -103,6 +103,16 @@ describe('transactions', () => {
       assert.equal(r.json().error.code, 'INVALID_RELATES_TO');
       assert.equal(r.json().error.details[0].path, '/relatesTo');
     }
+
+    // A UUID that is a bat-1 record's id and, as its transactionId, a bat-2 record's key names the record of the node asking.
+    const shared = base.id;
+    const other = (await post(tx({ nodeId: 'bat-2', transactionId: shared, type: 'bid', status: 'pending' }))).json() as Rec;
+    const onBat2 = await post(tx({ nodeId: 'bat-2', type: 'bid', status: 'accepted', relatesTo: shared }));
+    assert.equal(onBat2.statusCode, 201, onBat2.body);
+    assert.equal(onBat2.json().relatesTo, other.id);
+    const onBat1 = await post(tx({ nodeId: 'bat-1', type: 'bid', status: 'accepted', relatesTo: shared }));
+    assert.equal(onBat1.statusCode, 201, onBat1.body);
+    assert.equal(onBat1.json().relatesTo, base.id);
   });
 
   test('bad inputs get 400 with the envelope and a path per problem', async () => {

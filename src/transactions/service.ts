@@ -584,7 +584,11 @@ function planGroup(group: Pending[], head: store.ChainHead, found: Lookups, nowM
     let relatesTo: string | null = null;
     if (p.input.relatesTo !== null) {
       const ref = p.input.relatesTo;
-      const target = (UUID.test(ref) ? refById.get(ref.toLowerCase()) : undefined) ?? refByKey.get(ref);
+      // The value may be one record's id and another's transactionId (keys are often UUIDs): the
+      // record of this node wins; if both are this node's, the id does.
+      const byId = UUID.test(ref) ? refById.get(ref.toLowerCase()) : undefined;
+      const byKey = refByKey.get(ref);
+      const target = [byId, byKey].find((r) => r?.node_id === p.input.nodeId) ?? byId ?? byKey;
       if (!target) {
         outcomes.push({ kind: 'error', error: badRequest(`relatesTo "${ref}" names no record in the log`, [{ path: '/relatesTo', message: 'no such record' }], 'INVALID_RELATES_TO') });
         continue;
